@@ -1,0 +1,137 @@
+//! The agent's picture of the node: the last thing seen about every pod directory, every
+//! block device and the mount table. Pure: no I/O, no clock.
+//!
+//! Every observation carries a [`Seq`], taken from one counter *before* its source read
+//! the kernel or the disk. For each fact the observation with the highest `Seq` wins,
+//! whatever order observations arrive in. Any change after a read makes its source read
+//! again (inotify, uevent, POLLPRI) with a higher `Seq`, so the winner always saw the
+//! latest state. A full rescan sets a watermark: anything read before it is older than
+//! what the rescan read, and is ignored. That makes the result independent of ordering,
+//! duplicates and lost events once a rescan has run (property-tested in `verdict`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::device::DevNum;
+use crate::layout::{MountSite, PodDisks, PodUid};
+
+/// Order of reads: higher was read later.
+pub type Seq = u64;
+
+/// What a source saw. Sources only observe; the inventory and the verdicts decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// One pod directory, read whole. `None`: no hotplug-disks directory (or no pod).
+    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks> },
+    /// A block device appeared in or left `/sys/dev/block` (a uevent).
+    Device { seq: Seq, device: DevNum, present: bool },
+    /// The mount table, read whole; only mounts inside the kubelet tree.
+    Mounts { seq: Seq, mounts: BTreeMap<MountSite, DevNum> },
+    /// Everything, read from scratch.
+    FullScan(FullScan),
+    /// Cluster mode knows which launcher pod owns an attachment pod (controller
+    /// ownerReference); `None` forgets it.
+    Owner { attachment: PodUid, launcher: Option<PodUid> },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FullScan {
+    pub seq: Seq,
+    /// Only pods that have a hotplug-disks directory.
+    pub pods: BTreeMap<PodUid, PodDisks>,
+    pub devices: BTreeSet<DevNum>,
+    pub mounts: BTreeMap<MountSite, DevNum>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Latest read of each pod; `None` records that a pod has no hotplug directory so that
+    /// an older read cannot bring it back. Cleared of such entries at each full scan.
+    pods: BTreeMap<PodUid, (Seq, Option<PodDisks>)>,
+    devices: BTreeMap<DevNum, (Seq, bool)>,
+    mounts: (Seq, BTreeMap<MountSite, DevNum>),
+    owners: BTreeMap<PodUid, PodUid>,
+    /// `Seq` of the latest full scan applied; 0 before the first.
+    watermark: Seq,
+}
+
+impl Inventory {
+    pub fn apply(&mut self, obs: Observation) {
+        match obs {
+            Observation::Pod { seq, uid, disks } => {
+                if seq >= self.watermark {
+                    lww(&mut self.pods, uid, seq, disks);
+                }
+            }
+            Observation::Device { seq, device, present } => {
+                if seq >= self.watermark {
+                    lww(&mut self.devices, device, seq, present);
+                }
+            }
+            Observation::Mounts { seq, mounts } => {
+                if seq >= self.watermark && seq >= self.mounts.0 {
+                    self.mounts = (seq, mounts);
+                }
+            }
+            Observation::FullScan(scan) => self.apply_full_scan(scan),
+            Observation::Owner { attachment, launcher } => match launcher {
+                Some(l) => {
+                    self.owners.insert(attachment, l);
+                }
+                None => {
+                    self.owners.remove(&attachment);
+                }
+            },
+        }
+    }
+
+    fn apply_full_scan(&mut self, scan: FullScan) {
+        let w = scan.seq;
+        if w < self.watermark {
+            return;
+        }
+        self.watermark = w;
+        // Facts read after the scan started stay; everything else is what the scan saw.
+        self.pods.retain(|_, (seq, _)| *seq > w);
+        for (uid, disks) in scan.pods {
+            lww(&mut self.pods, uid, w, Some(disks));
+        }
+        self.devices.retain(|_, (seq, _)| *seq > w);
+        for dev in scan.devices {
+            lww(&mut self.devices, dev, w, true);
+        }
+        if self.mounts.0 <= w {
+            self.mounts = (w, scan.mounts);
+        }
+    }
+
+    pub fn has_full_scan(&self) -> bool {
+        self.watermark > 0
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = (&PodUid, &PodDisks)> {
+        self.pods.iter().filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
+    }
+
+    /// Present unless a scan or uevent said otherwise. Anonymous devices (major 0, NFS and
+    /// friends) have no sysfs entry and count as present while mounted.
+    pub fn device_present(&self, dev: DevNum) -> bool {
+        dev.is_anonymous() || self.devices.get(&dev).is_some_and(|(_, present)| *present)
+    }
+
+    pub fn mounts(&self) -> &BTreeMap<MountSite, DevNum> {
+        &self.mounts.1
+    }
+
+    pub fn owner_of(&self, attachment: &str) -> Option<&PodUid> {
+        self.owners.get(attachment)
+    }
+}
+
+fn lww<K: Ord, V>(map: &mut BTreeMap<K, (Seq, V)>, key: K, seq: Seq, value: V) {
+    match map.get(&key) {
+        Some((old, _)) if *old > seq => {}
+        _ => {
+            map.insert(key, (seq, value));
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The kubelet's on-disk layout of hotplug volumes: every path the agent builds or parses
+//! is built or parsed here, from one configurable root, so tests run on a temp tree and
+//! production on `/var/lib/kubelet/pods`.
+//!
+//! ```text
+//! <root>/<podUID>/volumes/kubernetes.io~empty-dir/hotplug-disks/
+//!     launcher pod:    <volume>        block node made by virt-handler (mknod)
+//!                      <volume>.img    file with disk.img bind-mounted onto it
+//!                      <volume>/       utility / memory-dump volume directory
+//!     attachment pod:  hp.sock         the attachment pod's socket
+//!                      <volume>/<pvcUID>   block node of the PVC (volumeDevices)
+//! ```
+//! Reading never follows a symlink: every directory is opened with `O_NOFOLLOW` relative
+//! to its parent, and entries are examined with `AT_SYMLINK_NOFOLLOW`. What does not fit
+//! the layout is returned as a [`Skipped`] entry with a reason, never an error that stops
+//! the scan of the other pods.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode, SFlag};
+
+use crate::device::DevNum;
+
+/// The directories between a pod directory and its hotplug-disks emptyDir.
+pub const HOTPLUG_SUBPATH: [&str; 3] = ["volumes", "kubernetes.io~empty-dir", "hotplug-disks"];
+/// The attachment pod's socket in its hotplug-disks directory.
+pub const ATTACHMENT_SOCKET: &str = "hp.sock";
+/// Suffix of a filesystem-mode volume in the launcher's hotplug-disks directory.
+pub const IMAGE_SUFFIX: &str = ".img";
+pub const DEFAULT_ROOT: &str = "/var/lib/kubelet/pods";
+
+/// A pod's UID as the kubelet names its directory.
+pub type PodUid = String;
+
+/// What a pod's hotplug-disks directory holds, by role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodDisks {
+    Launcher(BTreeMap<String, LauncherEntry>),
+    /// Block volumes served by an attachment pod: volume name -> device of its node.
+    Attachment(BTreeMap<String, DevNum>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LauncherEntry {
+    /// `<volume>`: a block node pointing at this device.
+    Block(DevNum),
+    /// `<volume>.img`: whether something is mounted on it is for mountinfo to say.
+    Image,
+    /// `<volume>/`: a utility or memory-dump volume; not a disk, not judged.
+    Directory,
+}
+
+/// One pod directory, read once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodScan {
+    pub uid: PodUid,
+    /// `None`: the pod has no hotplug-disks directory (or it is gone, or unreadable).
+    pub disks: Option<PodDisks>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Something in a watched tree that does not fit the layout, and why it was passed over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: SkipReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("symlink (never followed)")]
+    Symlink,
+    #[error("name is not UTF-8")]
+    NonUtf8Name,
+    #[error("FIFO, socket or character device where a volume was expected")]
+    SpecialFile,
+    #[error("regular file without the .img suffix")]
+    UnexpectedFile,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("second block node in one attachment volume directory")]
+    ExtraBlockNode,
+    #[error("volume name used twice (block node and .img)")]
+    DuplicateVolume,
+    #[error("block node or image at the top of an attachment pod's directory")]
+    UnexpectedInAttachmentPod,
+    #[error("unreadable")]
+    Unreadable(Errno),
+}
+
+impl SkipReason {
+    /// Bounded label value for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SkipReason::Symlink => "symlink",
+            SkipReason::NonUtf8Name => "non_utf8_name",
+            SkipReason::SpecialFile => "special_file",
+            SkipReason::UnexpectedFile => "unexpected_file",
+            SkipReason::NotADirectory => "not_a_directory",
+            SkipReason::ExtraBlockNode => "extra_block_node",
+            SkipReason::DuplicateVolume => "duplicate_volume",
+            SkipReason::UnexpectedInAttachmentPod => "unexpected_in_attachment_pod",
+            SkipReason::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("kubelet pods directory {0} does not exist")]
+    RootMissing(PathBuf),
+    #[error("cannot read kubelet pods directory {path}: {errno}")]
+    RootUnreadable { path: PathBuf, errno: Errno },
+}
+
+/// Where a mount point sits in the layout, when it matters to us.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MountSite {
+    /// `<uid>/volumes/kubernetes.io~empty-dir/hotplug-disks/<volume>.img`
+    LauncherImage { pod: PodUid, volume: String },
+    /// Anything else under `<uid>/volumes/`: a pod's own volume mounts (an attachment
+    /// pod's PVC is mounted there by the kubelet).
+    PodVolume { pod: PodUid, path: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct KubeletLayout {
+    root: PathBuf,
+}
+
+impl KubeletLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        KubeletLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join(uid)
+    }
+
+    pub fn hotplug_dir(&self, uid: &str) -> PathBuf {
+        HOTPLUG_SUBPATH.iter().fold(self.pod_dir(uid), |p, c| p.join(c))
+    }
+
+    /// The pod directories under the root. Names that are not UTF-8 cannot be pod UIDs.
+    pub fn list_pods(&self) -> Result<(Vec<PodUid>, Vec<Skipped>), LayoutError> {
+        let root = open_dir(None, &self.root).map_err(|errno| match errno {
+            Errno::ENOENT => LayoutError::RootMissing(self.root.clone()),
+            errno => LayoutError::RootUnreadable { path: self.root.clone(), errno },
+        })?;
+        let mut pods = Vec::new();
+        let mut skipped = Vec::new();
+        for_each_entry(root, |dir, name| {
+            let path = self.root.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map(|st| file_kind(st.st_mode)) {
+                Ok(SFlag::S_IFDIR) => match name.to_str() {
+                    Ok(uid) => pods.push(uid.to_string()),
+                    Err(_) => skipped.push(Skipped { path, reason: SkipReason::NonUtf8Name }),
+                },
+                Ok(SFlag::S_IFLNK) => skipped.push(Skipped { path, reason: SkipReason::Symlink }),
+                Ok(_) => skipped.push(Skipped { path, reason: SkipReason::NotADirectory }),
+                Err(Errno::ENOENT) => {} // went away while we listed
+                Err(e) => skipped.push(Skipped { path, reason: SkipReason::Unreadable(e) }),
+            }
+        })
+        .map_err(|errno| LayoutError::RootUnreadable { path: self.root.clone(), errno })?;
+        pods.sort();
+        Ok((pods, skipped))
+    }
+
+    /// Reads one pod's hotplug-disks directory.
+    pub fn scan_pod(&self, uid: &str) -> PodScan {
+        let mut scan = PodScan { uid: uid.to_string(), disks: None, skipped: Vec::new() };
+        // Walk down one component at a time so that no component can be a symlink.
+        let mut path = self.root.clone();
+        let mut fd = match open_dir(None, &self.root) {
+            Ok(fd) => fd,
+            Err(_) => return scan,
+        };
+        for component in std::iter::once(uid).chain(HOTPLUG_SUBPATH) {
+            path.push(component);
+            fd = match open_dir(Some(&fd), Path::new(component)) {
+                Ok(next) => next,
+                Err(errno) => {
+                    if let Some(reason) = open_failure_reason(errno) {
+                        scan.skipped.push(Skipped { path, reason });
+                    }
+                    return scan;
+                }
+            };
+        }
+        let mut reader = HotplugDirReader::new(&path);
+        if let Err(errno) = for_each_entry(fd, |dir, name| reader.entry(dir, name)) {
+            scan.skipped.push(Skipped { path, reason: SkipReason::Unreadable(errno) });
+            return scan;
+        }
+        scan.skipped.append(&mut reader.skipped);
+        let HotplugDirReader { has_socket, launcher, attachment, .. } = reader;
+        scan.disks = Some(if has_socket || !attachment.is_empty() {
+            // An attachment pod's directory holds only the socket and volume directories.
+            for (name, _) in launcher.iter().filter(|(_, e)| **e != LauncherEntry::Directory) {
+                scan.skipped.push(Skipped {
+                    path: path.join(name),
+                    reason: SkipReason::UnexpectedInAttachmentPod,
+                });
+            }
+            PodDisks::Attachment(attachment)
+        } else {
+            PodDisks::Launcher(launcher)
+        });
+        scan
+    }
+
+    /// Places a mount point in the layout. `mount_root` is the kubelet root as the
+    /// mountinfo's mount namespace names it (the host path when the agent runs in a
+    /// container with the root mounted elsewhere).
+    pub fn classify_mount_point(mount_root: &Path, mount_point: &Path) -> Option<MountSite> {
+        let rel = mount_point.strip_prefix(mount_root).ok()?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(s) => parts.push(s.to_str()?),
+                _ => return None,
+            }
+        }
+        match parts.as_slice() {
+            [pod, v, e, h, file]
+                if [*v, *e, *h] == HOTPLUG_SUBPATH && file.len() > IMAGE_SUFFIX.len() =>
+            {
+                let volume = file.strip_suffix(IMAGE_SUFFIX)?;
+                Some(MountSite::LauncherImage { pod: pod.to_string(), volume: volume.to_string() })
+            }
+            [pod, v, rest @ ..] if *v == HOTPLUG_SUBPATH[0] && !rest.is_empty() => {
+                Some(MountSite::PodVolume { pod: pod.to_string(), path: rest.join("/") })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Collects the entries of one hotplug-disks directory.
+struct HotplugDirReader<'a> {
+    dir_path: &'a Path,
+    has_socket: bool,
+    launcher: BTreeMap<String, LauncherEntry>,
+    attachment: BTreeMap<String, DevNum>,
+    skipped: Vec<Skipped>,
+}
+
+impl<'a> HotplugDirReader<'a> {
+    fn new(dir_path: &'a Path) -> Self {
+        HotplugDirReader {
+            dir_path,
+            has_socket: false,
+            launcher: BTreeMap::new(),
+            attachment: BTreeMap::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn skip(&mut self, path: PathBuf, reason: SkipReason) {
+        self.skipped.push(Skipped { path, reason });
+    }
+
+    fn entry(&mut self, dir: &OwnedFd, name: &CStr) {
+        let path = self.dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let Ok(name_str) = name.to_str() else {
+            return self.skip(path, SkipReason::NonUtf8Name);
+        };
+        let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return, // removed while we listed; its event follows
+            Err(e) => return self.skip(path, SkipReason::Unreadable(e)),
+        };
+        match file_kind(st.st_mode) {
+            SFlag::S_IFBLK => {
+                self.add_launcher(path, name_str, LauncherEntry::Block(DevNum::from_raw(st.st_rdev)))
+            }
+            SFlag::S_IFREG => match name_str.strip_suffix(IMAGE_SUFFIX) {
+                Some(volume) if !volume.is_empty() => self.add_launcher(path, volume, LauncherEntry::Image),
+                _ => self.skip(path, SkipReason::UnexpectedFile),
+            },
+            SFlag::S_IFSOCK if name_str == ATTACHMENT_SOCKET => self.has_socket = true,
+            SFlag::S_IFDIR => self.volume_dir(dir, name, name_str, path),
+            SFlag::S_IFLNK => self.skip(path, SkipReason::Symlink),
+            _ => self.skip(path, SkipReason::SpecialFile),
+        }
+    }
+
+    fn add_launcher(&mut self, path: PathBuf, volume: &str, entry: LauncherEntry) {
+        use std::collections::btree_map::Entry;
+        match self.launcher.entry(volume.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+            // A block node wins over an image or directory of the same name: it is the
+            // one a VM can lose. Either way the other one is reported.
+            Entry::Occupied(mut o) => {
+                if matches!(entry, LauncherEntry::Block(_)) {
+                    o.insert(entry);
+                }
+                self.skip(path, SkipReason::DuplicateVolume);
+            }
+        }
+    }
+
+    /// `<volume>/`: in an attachment pod it holds `<pvcUID>`, a block node; in a launcher
+    /// it is a utility volume whose contents are not ours to judge.
+    fn volume_dir(&mut self, dir: &OwnedFd, name: &CStr, volume: &str, path: PathBuf) {
+        let sub = match open_dir(Some(dir), Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()))) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                if let Some(reason) = open_failure_reason(errno) {
+                    self.skip(path, reason);
+                }
+                return;
+            }
+        };
+        let mut nodes: Vec<(String, DevNum)> = Vec::new();
+        let listed = for_each_entry(sub, |subdir, child| {
+            if let Ok(st) = fstatat(subdir, child, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                if file_kind(st.st_mode) == SFlag::S_IFBLK {
+                    let child = String::from_utf8_lossy(child.to_bytes()).into_owned();
+                    nodes.push((child, DevNum::from_raw(st.st_rdev)));
+                }
+            }
+        });
+        if let Err(errno) = listed {
+            return self.skip(path, SkipReason::Unreadable(errno));
+        }
+        nodes.sort();
+        let mut nodes = nodes.into_iter();
+        match nodes.next() {
+            Some((_, dev)) => {
+                self.attachment.insert(volume.to_string(), dev);
+            }
+            None => self.add_launcher(path.clone(), volume, LauncherEntry::Directory),
+        }
+        for (extra, _) in nodes {
+            self.skip(path.join(extra), SkipReason::ExtraBlockNode);
+        }
+    }
+}
+
+fn file_kind(mode: u32) -> SFlag {
+    SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits())
+}
+
+/// Opens a directory without following a symlink at its last component; relative to
+/// `parent` when given.
+fn open_dir(parent: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match parent {
+        Some(fd) => nix::fcntl::openat(fd.as_fd(), path, flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    }
+}
+
+/// How a failed open of a layout directory is reported: absence is normal (the pod has
+/// no such directory, or it went away), anything else is worth a skip entry.
+fn open_failure_reason(errno: Errno) -> Option<SkipReason> {
+    match errno {
+        Errno::ENOENT => None,
+        Errno::ELOOP => Some(SkipReason::Symlink),
+        Errno::ENOTDIR => Some(SkipReason::NotADirectory),
+        e => Some(SkipReason::Unreadable(e)),
+    }
+}
+
+/// Calls `f(dir_fd, name)` for every entry but `.` and `..`.
+fn for_each_entry(fd: OwnedFd, mut f: impl FnMut(&OwnedFd, &CStr)) -> Result<(), Errno> {
+    // Keep a second descriptor for the *at calls: Dir owns and iterates the first.
+    let at = fd.try_clone().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut dir = Dir::from_fd(fd)?;
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        f(&at, name);
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The deciding logic: from an [`Inventory`] to a verdict per launcher volume and per
+//! attachment pod. Pure functions; the daemon, `scan` and the tests all call [`judge`].
+//!
+//! Per launcher volume ([`VolumeState`]):
+//! - `pending`: an attachment pod of this launcher serves it, the launcher has no node yet
+//!   (or a `<volume>.img` with nothing mounted on it);
+//! - `ready`: the launcher's node or mount is there, its device exists, and a live
+//!   attachment pod on the node serves the same device number;
+//! - `vanished`: the node or mount is there but its device is gone from the kernel;
+//! - `unbacked`: the device exists but no attachment pod on the node serves it any more.
+//!
+//! Per attachment pod: `handoff_safe` when deleting it now leaves every launcher device it
+//! serves still served by another attachment pod. Device numbers decide: a new pod with
+//! the same device (kernel rbd, one LUN) makes the old one safe to delete; a new pod with
+//! a new device (nbd, NVMe-oF, iSCSI session per pod) does not.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::device::DevNum;
+use crate::inventory::Inventory;
+use crate::layout::{LauncherEntry, MountSite, PodDisks, PodUid};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    Pending,
+    Ready,
+    Vanished,
+    Unbacked,
+}
+
+impl VolumeState {
+    pub const ALL: [VolumeState; 4] =
+        [VolumeState::Pending, VolumeState::Ready, VolumeState::Vanished, VolumeState::Unbacked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Pending => "pending",
+            VolumeState::Ready => "ready",
+            VolumeState::Vanished => "vanished",
+            VolumeState::Unbacked => "unbacked",
+        }
+    }
+
+    /// The launcher's node or mount points at a device that exists.
+    pub fn device_present(self) -> bool {
+        matches!(self, VolumeState::Ready | VolumeState::Unbacked)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeMode {
+    Block,
+    Filesystem,
+}
+
+/// A hotplug volume as the VM sees it: a launcher pod and the volume's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeKey {
+    pub launcher: PodUid,
+    pub volume: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeVerdict {
+    pub mode: VolumeMode,
+    pub state: VolumeState,
+    /// The device the launcher's node or mount points at; `None` while pending.
+    pub device: Option<DevNum>,
+    /// Attachment pods on the node that serve this device (or, while pending, that will).
+    pub backing_pods: BTreeSet<PodUid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentVerdict {
+    /// Volume names this pod serves: its block volumes, and the launcher volumes its
+    /// filesystem mounts back.
+    pub volumes: BTreeSet<String>,
+    /// The launcher pod it works for, when known or inferable.
+    pub launcher: Option<PodUid>,
+    /// Launcher volumes whose device only this pod serves: deleting the pod orphans them.
+    pub sole_backer_of: BTreeSet<VolumeKey>,
+}
+
+impl AttachmentVerdict {
+    pub fn handoff_safe(&self) -> bool {
+        self.sole_backer_of.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    pub volumes: BTreeMap<VolumeKey, VolumeVerdict>,
+    pub attachment_pods: BTreeMap<PodUid, AttachmentVerdict>,
+}
+
+/// Which attachment pods serve which device, and what each serves.
+struct Served<'a> {
+    by_device: BTreeMap<DevNum, BTreeSet<&'a PodUid>>,
+    block_volumes: BTreeMap<&'a PodUid, &'a BTreeMap<String, DevNum>>,
+}
+
+impl<'a> Served<'a> {
+    fn collect(inv: &'a Inventory) -> Self {
+        let mut served = Served { by_device: BTreeMap::new(), block_volumes: BTreeMap::new() };
+        for (uid, disks) in inv.pods() {
+            if let PodDisks::Attachment(vols) = disks {
+                served.block_volumes.insert(uid, vols);
+                for dev in vols.values() {
+                    served.by_device.entry(*dev).or_default().insert(uid);
+                }
+            }
+        }
+        // A filesystem volume's source is the attachment pod's PVC mount under its own
+        // pod directory: the same device number backs the launcher's bind mount.
+        for (site, dev) in inv.mounts() {
+            if let MountSite::PodVolume { pod, .. } = site {
+                if let Some((uid, _)) = served.block_volumes.get_key_value(pod) {
+                    served.by_device.entry(*dev).or_default().insert(*uid);
+                }
+            }
+        }
+        served
+    }
+
+    fn backers(&self, dev: DevNum) -> BTreeSet<PodUid> {
+        self.by_device.get(&dev).map(|s| s.iter().map(|u| (*u).clone()).collect()).unwrap_or_default()
+    }
+}
+
+pub fn judge(inv: &Inventory) -> Verdicts {
+    let served = Served::collect(inv);
+    let mut verdicts = Verdicts::default();
+    let mut launchers: BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>> = BTreeMap::new();
+
+    for (uid, disks) in inv.pods() {
+        let PodDisks::Launcher(entries) = disks else { continue };
+        launchers.insert(uid, entries);
+        for (volume, entry) in entries {
+            let (mode, device) = match entry {
+                LauncherEntry::Block(dev) => (VolumeMode::Block, Some(*dev)),
+                LauncherEntry::Image => {
+                    let site = MountSite::LauncherImage { pod: uid.clone(), volume: volume.clone() };
+                    (VolumeMode::Filesystem, inv.mounts().get(&site).copied())
+                }
+                LauncherEntry::Directory => continue,
+            };
+            let backing_pods = device.map(|d| served.backers(d)).unwrap_or_default();
+            let state = match device {
+                None => VolumeState::Pending,
+                Some(d) if !inv.device_present(d) => VolumeState::Vanished,
+                Some(_) if backing_pods.is_empty() => VolumeState::Unbacked,
+                Some(_) => VolumeState::Ready,
+            };
+            let key = VolumeKey { launcher: uid.clone(), volume: volume.clone() };
+            verdicts.volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods });
+        }
+    }
+
+    for (&pod, block_volumes) in &served.block_volumes {
+        let launcher = owner(inv, pod, &served, &verdicts, &launchers);
+        let mut att = AttachmentVerdict {
+            volumes: block_volumes.keys().cloned().collect(),
+            launcher: launcher.clone(),
+            sole_backer_of: BTreeSet::new(),
+        };
+        for (key, v) in &verdicts.volumes {
+            if v.backing_pods.contains(pod) {
+                att.volumes.insert(key.volume.clone());
+                if v.backing_pods.len() == 1 {
+                    att.sole_backer_of.insert(key.clone());
+                }
+            }
+        }
+        verdicts.attachment_pods.insert(pod.clone(), att);
+    }
+
+    // Volumes an attachment pod serves that its launcher does not show yet.
+    for (pod, att) in &verdicts.attachment_pods {
+        let Some(launcher) = &att.launcher else { continue };
+        let Some(entries) = launchers.get(launcher) else { continue };
+        for volume in served.block_volumes[pod].keys() {
+            if entries.contains_key(volume) {
+                continue;
+            }
+            let key = VolumeKey { launcher: launcher.clone(), volume: volume.clone() };
+            verdicts
+                .volumes
+                .entry(key)
+                .or_insert_with(|| VolumeVerdict {
+                    mode: VolumeMode::Block,
+                    state: VolumeState::Pending,
+                    device: None,
+                    backing_pods: BTreeSet::new(),
+                })
+                .backing_pods
+                .insert(pod.clone());
+        }
+    }
+    verdicts
+}
+
+/// The launcher pod an attachment pod works for: what cluster mode says (its controller
+/// ownerReference); else the launcher that already uses one of its devices; else the only
+/// launcher on the node. With several launchers and no device in use yet it is unknown.
+fn owner(
+    inv: &Inventory,
+    pod: &PodUid,
+    served: &Served,
+    verdicts: &Verdicts,
+    launchers: &BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>>,
+) -> Option<PodUid> {
+    if let Some(l) = inv.owner_of(pod) {
+        return Some(l.clone());
+    }
+    let by_device = verdicts.volumes.iter().find(|(_, v)| {
+        v.device.is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod)))
+    });
+    if let Some((key, _)) = by_device {
+        return Some(key.launcher.clone());
+    }
+    match launchers.keys().collect::<Vec<_>>().as_slice() {
+        [only] => Some((**only).clone()),
+        _ => None,
+    }
+}
+
+/// A volume's state changed, or the volume appeared (`from: None`) or went (`to: None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeTransition {
+    pub key: VolumeKey,
+    pub from: Option<VolumeState>,
+    pub to: Option<VolumeState>,
+    pub device: Option<DevNum>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandoffTransition {
+    pub pod: PodUid,
+    pub from: Option<bool>,
+    pub to: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    pub volumes: Vec<VolumeTransition>,
+    pub handoffs: Vec<HandoffTransition>,
+}
+
+impl Transitions {
+    pub fn is_empty(&self) -> bool {
+        self.volumes.is_empty() && self.handoffs.is_empty()
+    }
+}
+
+/// What changed between two verdicts: the only things worth a log line, a counter or
+/// (in cluster mode) a write.
+pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
+    let mut out = Transitions::default();
+    let keys: BTreeSet<&VolumeKey> = old.volumes.keys().chain(new.volumes.keys()).collect();
+    for key in keys {
+        let (a, b) = (old.volumes.get(key), new.volumes.get(key));
+        let (from, to) = (a.map(|v| v.state), b.map(|v| v.state));
+        if from != to {
+            let device = b.or(a).and_then(|v| v.device);
+            out.volumes.push(VolumeTransition { key: key.clone(), from, to, device });
+        }
+    }
+    let pods: BTreeSet<&PodUid> = old.attachment_pods.keys().chain(new.attachment_pods.keys()).collect();
+    for pod in pods {
+        let from = old.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
+        let to = new.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
+        if from != to {
+            out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
