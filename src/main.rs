@@ -1,1 +1,100 @@
-fn main(){}
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+
+use anyhow::Context;
+use clap::Parser;
+
+use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
+use hotplug_watchdog::engine::Engine;
+use hotplug_watchdog::inventory::{Inventory, Observation};
+use hotplug_watchdog::metrics::{Metrics, SharedPublished};
+use hotplug_watchdog::report::Report;
+use hotplug_watchdog::sources::health::Health;
+use hotplug_watchdog::sources::{self, read_node, SeqClock};
+use hotplug_watchdog::verdict::judge;
+use hotplug_watchdog::http;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => scan(args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotplug-watchdog: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scan(args: ScanArgs) -> anyhow::Result<()> {
+    let read = read_node(&args.node.paths(), 1)?;
+    let mut inventory = Inventory::default();
+    inventory.apply(Observation::FullScan(read.scan));
+    let report = Report::new(&judge(&inventory), &Default::default(), &read.skipped);
+    match args.format {
+        Format::Json => println!("{}", report.to_json()),
+        Format::Table => print!("{}", report.to_table()),
+    }
+    Ok(())
+}
+
+fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("bad --log-level {:?}", args.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.standalone {
+        anyhow::bail!("cluster mode is not available yet; pass --standalone to watch the node without Kubernetes");
+    }
+    init_logging(&args)?;
+    let paths = args.node.paths();
+    let (tx, rx) = mpsc::channel();
+    let clock = Arc::new(SeqClock::default());
+    let health = Arc::new(Health::default());
+    let published = SharedPublished::default();
+    let metrics = Arc::new(Metrics::new(published.clone()));
+
+    // Listen before reading: uevents and the mount table first, then the tree watch, which
+    // asks for the first full scan once its watches are in place. Nothing that happens
+    // after a source is listening can be missed by the scan that follows.
+    sources::uevents::spawn(args.uevent_source, args.uevent_buffer_bytes, tx.clone(), clock.clone(), health.register("uevents"))
+        .context("cannot listen for block uevents")?;
+    sources::mounts::spawn(paths.mountinfo.clone(), paths.mountinfo_kubelet_root.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
+        .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
+    sources::inotify::spawn(paths.layout(), tx, clock.clone(), health.register("inotify")).context("cannot start inotify")?;
+
+    let engine = Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
+    let engine_hb = health.register("engine");
+    std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = http::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running (standalone)");
+        let state = http::AppState { metrics, published, health, stall_after: args.stall_timeout };
+        http::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("shut down");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,219 @@
+//! The engine: one thread that owns the [`Inventory`], applies what the sources send, runs
+//! full rescans, recomputes the verdicts once per batch and publishes what changed
+//! (metrics, logs). It decides nothing itself: `verdict::judge` does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::inventory::{Inventory, Observation};
+use crate::layout::{SkipReason, Skipped};
+use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
+use crate::sources::health::{Health, Heartbeat};
+use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock};
+use crate::verdict::{judge, transitions, Transitions, VolumeKey, VolumeState, Verdicts};
+
+pub struct Engine {
+    pub paths: NodePaths,
+    pub clock: Arc<SeqClock>,
+    pub metrics: Arc<Metrics>,
+    pub published: SharedPublished,
+    pub health: Arc<Health>,
+    pub rescan_interval: Duration,
+    inventory: Inventory,
+    verdicts: Verdicts,
+    /// Entries passed over, by path: replaced per pod on each read, wholly on a rescan,
+    /// so that a bad entry is logged once, not at every rescan.
+    skipped: BTreeMap<PathBuf, SkipReason>,
+    pending_since: HashMap<VolumeKey, Instant>,
+    root_missing_said: bool,
+}
+
+impl Engine {
+    pub fn new(
+        paths: NodePaths,
+        clock: Arc<SeqClock>,
+        metrics: Arc<Metrics>,
+        published: SharedPublished,
+        health: Arc<Health>,
+        rescan_interval: Duration,
+    ) -> Self {
+        Engine {
+            paths,
+            clock,
+            metrics,
+            published,
+            health,
+            rescan_interval,
+            inventory: Inventory::default(),
+            verdicts: Verdicts::default(),
+            skipped: BTreeMap::new(),
+            pending_since: HashMap::new(),
+            root_missing_said: false,
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Message>, hb: Arc<Heartbeat>) {
+        let _guard = hb.guard();
+        let mut next_rescan = Instant::now() + self.rescan_interval;
+        loop {
+            hb.idle();
+            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => Message::Rescan(RescanReason::Periodic),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            hb.busy();
+            // Take everything already queued: one verdict computation per batch keeps a
+            // burst of events cheap.
+            let batch: Vec<Message> = std::iter::once(first).chain(rx.try_iter()).collect();
+            let mut rescan: Option<RescanReason> = None;
+            let mut earliest = Instant::now();
+            for msg in batch {
+                match msg {
+                    Message::Observed { obs, source, received, skipped } => {
+                        earliest = earliest.min(received);
+                        self.metrics.source_events_total.get_or_create(&SourceLabel { source: source.metric_label() }).inc();
+                        if let Observation::Pod { uid, .. } = &obs {
+                            let dir = self.paths.layout().pod_dir(uid);
+                            self.replace_skipped(Some(&dir), skipped);
+                        }
+                        self.inventory.apply(obs);
+                    }
+                    Message::Rescan(reason) => {
+                        self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();
+                        rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
+                    }
+                }
+            }
+            if let Some(reason) = rescan {
+                self.rescan(reason);
+                next_rescan = Instant::now() + self.rescan_interval;
+            }
+            self.publish(earliest);
+        }
+    }
+
+    fn rescan(&mut self, reason: RescanReason) {
+        let started = Instant::now();
+        let seq = self.clock.next();
+        match read_node(&self.paths, seq) {
+            Ok(read) => {
+                self.metrics.scan_duration.observe(started.elapsed().as_secs_f64());
+                if read.malformed_mount_lines > 0 {
+                    tracing::warn!(lines = read.malformed_mount_lines, "mount table lines that do not parse were skipped");
+                }
+                self.replace_skipped(None, read.skipped);
+                self.inventory.apply(Observation::FullScan(read.scan));
+                if !self.health.is_ready() {
+                    tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), "first full scan done; ready");
+                }
+                self.health.set_ready(true);
+                self.root_missing_said = false;
+            }
+            Err(e) => {
+                // Keep the last picture: a rescan that could not read proves nothing.
+                if !self.root_missing_said {
+                    tracing::error!(error = %e, reason = reason.metric_label(), "full rescan failed; keeping the last verdicts and not ready");
+                    self.root_missing_said = true;
+                }
+                self.health.set_ready(false);
+            }
+        }
+    }
+
+    /// Replaces the skipped entries under `dir` (all of them when `None`), logging new ones.
+    fn replace_skipped(&mut self, dir: Option<&std::path::Path>, fresh: Vec<Skipped>) {
+        let old = match dir {
+            Some(dir) => {
+                let under: Vec<PathBuf> = self.skipped.range(dir.to_path_buf()..).take_while(|(p, _)| p.starts_with(dir)).map(|(p, _)| p.clone()).collect();
+                under.into_iter().filter_map(|p| self.skipped.remove_entry(&p)).collect()
+            }
+            None => std::mem::take(&mut self.skipped),
+        };
+        for s in fresh {
+            if old.get(&s.path) != Some(&s.reason) {
+                tracing::warn!(path = %s.path.display(), reason = %s.reason, "skipping entry that does not fit the hotplug layout");
+            }
+            self.skipped.insert(s.path, s.reason);
+        }
+        let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for reason in self.skipped.values() {
+            *counts.entry(reason.metric_label()).or_default() += 1;
+        }
+        self.metrics.skipped_entries.clear();
+        for (reason, n) in counts {
+            self.metrics.skipped_entries.get_or_create(&ReasonLabel { reason }).set(n);
+        }
+        self.published.write().unwrap_or_else(|e| e.into_inner()).skipped =
+            self.skipped.iter().map(|(path, reason)| Skipped { path: path.clone(), reason: *reason }).collect();
+    }
+
+    fn publish(&mut self, earliest: Instant) {
+        let new = judge(&self.inventory);
+        let changes = transitions(&self.verdicts, &new);
+        if changes.is_empty() {
+            return;
+        }
+        self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
+        let latency = earliest.elapsed().as_secs_f64();
+        self.record(&changes, latency);
+        self.verdicts = new;
+    }
+
+    fn record(&mut self, changes: &Transitions, latency: f64) {
+        let labels = |key: &VolumeKey| self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(key);
+        for t in &changes.volumes {
+            let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
+            let device = t.device.map(|d| d.to_string());
+            match t.to {
+                Some(VolumeState::Vanished) | Some(VolumeState::Unbacked) => {
+                    tracing::warn!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume lost its device or backing")
+                }
+                _ => tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state"),
+            }
+            let Some(state) = t.to else {
+                self.pending_since.remove(k);
+                continue;
+            };
+            self.metrics.transitions_total.get_or_create(&StateLabel { state: state.as_str() }).inc();
+            self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
+            match state {
+                VolumeState::Vanished => {
+                    self.metrics.vanished_total.get_or_create(&labels(k)).inc();
+                }
+                VolumeState::Pending => {
+                    self.pending_since.entry(k.clone()).or_insert_with(Instant::now);
+                }
+                VolumeState::Ready => {
+                    if let Some(since) = self.pending_since.remove(k) {
+                        self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
+                    }
+                }
+                VolumeState::Unbacked => {}
+            }
+        }
+        for h in &changes.handoffs {
+            match h.to {
+                Some(false) => {
+                    let orphans: Vec<String> = self.verdicts_after(&h.pod);
+                    tracing::warn!(pod_uid = %h.pod, ?orphans, "attachment pod is not safe to delete: it alone serves devices in use")
+                }
+                Some(true) => tracing::info!(pod_uid = %h.pod, "attachment pod is safe to delete"),
+                None => tracing::info!(pod_uid = %h.pod, "attachment pod gone"),
+            }
+        }
+    }
+
+    fn verdicts_after(&self, pod: &str) -> Vec<String> {
+        let p = self.published.read().unwrap_or_else(|e| e.into_inner());
+        p.verdicts
+            .attachment_pods
+            .get(pod)
+            .map(|a| a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect())
+            .unwrap_or_default()
+    }
+}

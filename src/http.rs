@@ -1,0 +1,70 @@
+//! The HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` (fails when a loop stalled or
+//! died), `/readyz` (after the first full scan) and `/scan` (the node report as JSON, the
+//! same document as `hotplug-watchdog scan --format json`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::metrics::{Metrics, SharedPublished};
+use crate::report::Report;
+use crate::sources::health::Health;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub published: SharedPublished,
+    pub health: Arc<Health>,
+    pub stall_after: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/scan", get(scan))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.encode(),
+    )
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.check(s.stall_after) {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("stalled: {why}\n")),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no full scan of the node yet\n")
+    }
+}
+
+async fn scan(State(s): State<AppState>) -> impl IntoResponse {
+    let p = s.published.read().unwrap_or_else(|e| e.into_inner());
+    let report = Report::new(&p.verdicts, &p.names, &p.skipped);
+    ([(header::CONTENT_TYPE, "application/json")], report.to_json())
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

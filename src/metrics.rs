@@ -1,0 +1,206 @@
+//! Prometheus metrics (OpenMetrics text). Gauges about volumes and attachment pods are
+//! rendered at scrape time from the latest verdicts, so a volume that went away has no
+//! stale series; counters and histograms are updated by the engine on transitions.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::layout::PodUid;
+use crate::report::PodNames;
+use crate::verdict::{VolumeKey, VolumeState, Verdicts};
+
+pub const PREFIX: &str = "hotplug_watchdog";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabels {
+    pub pod_uid: String,
+    pub volume: String,
+    pub namespace: String,
+    pub vmi: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeStateLabels {
+    pod_uid: String,
+    volume: String,
+    namespace: String,
+    vmi: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    pod_uid: String,
+    namespace: String,
+    vmi: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// What the engine publishes for readers (metrics scrapes, `/scan`).
+#[derive(Debug, Default)]
+pub struct Published {
+    pub verdicts: Verdicts,
+    pub names: BTreeMap<PodUid, PodNames>,
+    pub skipped: Vec<crate::layout::Skipped>,
+}
+
+impl Published {
+    pub fn volume_labels(&self, key: &VolumeKey) -> VolumeLabels {
+        let n = self.names.get(&key.launcher).cloned().unwrap_or_default();
+        VolumeLabels {
+            pod_uid: key.launcher.clone(),
+            volume: key.volume.clone(),
+            namespace: n.namespace.unwrap_or_default(),
+            vmi: n.vmi.unwrap_or_default(),
+        }
+    }
+
+    fn pod_labels(&self, uid: &PodUid) -> PodLabels {
+        let n = self.names.get(uid).cloned().unwrap_or_default();
+        PodLabels { pod_uid: uid.clone(), namespace: n.namespace.unwrap_or_default(), vmi: n.vmi.unwrap_or_default() }
+    }
+}
+
+pub type SharedPublished = Arc<RwLock<Published>>;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub vanished_total: Family<VolumeLabels, Counter>,
+    pub transitions_total: Family<StateLabel, Counter>,
+    pub detection_latency: Family<StateLabel, Histogram>,
+    pub time_to_ready: Histogram,
+    pub rescans_total: Family<ReasonLabel, Counter>,
+    pub source_events_total: Family<SourceLabel, Counter>,
+    pub skipped_entries: Family<ReasonLabel, Gauge>,
+    pub scan_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new(published: SharedPublished) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let vanished_total = Family::<VolumeLabels, Counter>::default();
+        registry.register(
+            "device_vanished",
+            "Times a hotplug volume's device disappeared while the launcher still had its node or mount",
+            vanished_total.clone(),
+        );
+        let transitions_total = Family::<StateLabel, Counter>::default();
+        registry.register("volume_transitions", "Volume state transitions, by the state entered", transitions_total.clone());
+        let detection_latency = Family::<StateLabel, Histogram>::new_with_constructor(|| {
+            // 100 µs .. ~3 s: event to published verdict.
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 3.0])
+        });
+        registry.register(
+            "detection_latency_seconds",
+            "From a source receiving the first event of a batch to the resulting state change being published, by state entered",
+            detection_latency.clone(),
+        );
+        let time_to_ready = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
+        registry.register(
+            "volume_time_to_ready_seconds",
+            "From a volume first seen pending to it being ready",
+            time_to_ready.clone(),
+        );
+        let rescans_total = Family::<ReasonLabel, Counter>::default();
+        registry.register("rescans", "Full rescans of the node, by reason", rescans_total.clone());
+        let source_events_total = Family::<SourceLabel, Counter>::default();
+        registry.register("source_events", "Observations received from each source", source_events_total.clone());
+        let skipped_entries = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "skipped_entries",
+            "Entries in the kubelet tree that do not fit the hotplug layout and are passed over, by reason",
+            skipped_entries.clone(),
+        );
+        let scan_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        registry.register("rescan_duration_seconds", "Time to read the whole node once", scan_duration.clone());
+        registry.register_collector(Box::new(VerdictGauges(published)));
+        Metrics {
+            registry,
+            vanished_total,
+            transitions_total,
+            detection_latency,
+            time_to_ready,
+            rescans_total,
+            source_events_total,
+            skipped_entries,
+            scan_duration,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+/// Renders the per-volume and per-attachment-pod gauges from the latest verdicts.
+#[derive(Debug)]
+struct VerdictGauges(SharedPublished);
+
+impl Collector for VerdictGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut m = encoder.encode_descriptor(
+            "volume_device_present",
+            "1 when the launcher's node or mount for the volume points at a device that exists",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, v) in &p.verdicts.volumes {
+            ConstGauge::new(i64::from(v.state.device_present())).encode(m.encode_family(&p.volume_labels(key))?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "volume_state",
+            "1 for the volume's current state (pending, ready, vanished, unbacked), 0 for the others",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, v) in &p.verdicts.volumes {
+            let l = p.volume_labels(key);
+            for state in VolumeState::ALL {
+                let labels = VolumeStateLabels {
+                    pod_uid: l.pod_uid.clone(),
+                    volume: l.volume.clone(),
+                    namespace: l.namespace.clone(),
+                    vmi: l.vmi.clone(),
+                    state: state.as_str(),
+                };
+                ConstGauge::new(i64::from(v.state == state)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "attachment_pod_handoff_safe",
+            "1 when deleting this attachment pod now leaves every launcher device it serves served by another pod",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (uid, a) in &p.verdicts.attachment_pods {
+            ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! The node report: what `scan` prints and `/scan` serves. The JSON field names are a
+//! stable interface (documented in docs/scan-format.md); add fields, never rename.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::device::DevNum;
+use crate::layout::{PodUid, Skipped};
+use crate::verdict::{VolumeMode, VolumeState, Verdicts};
+
+/// Cluster names for a pod, filled in by cluster mode; empty in standalone mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodNames {
+    pub namespace: Option<String>,
+    pub vmi: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub volumes: Vec<VolumeReport>,
+    pub attachment_pods: Vec<AttachmentPodReport>,
+    /// Entries in the watched tree that do not fit the layout and were passed over.
+    pub skipped: Vec<SkippedReport>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct VolumeReport {
+    /// The launcher pod's UID.
+    pub pod_uid: PodUid,
+    pub volume: String,
+    pub mode: VolumeMode,
+    pub state: VolumeState,
+    pub device: Option<DevNum>,
+    pub backing_pods: Vec<PodUid>,
+    pub namespace: Option<String>,
+    pub vmi: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AttachmentPodReport {
+    pub pod_uid: PodUid,
+    pub volumes: Vec<String>,
+    pub handoff_safe: bool,
+    /// The launcher pod it serves, when known.
+    pub launcher_pod_uid: Option<PodUid>,
+    /// `<launcher>/<volume>` whose device only this pod serves.
+    pub sole_backer_of: Vec<String>,
+    pub namespace: Option<String>,
+    pub vmi: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SkippedReport {
+    pub path: String,
+    pub reason: String,
+}
+
+impl Report {
+    pub fn new(verdicts: &Verdicts, names: &BTreeMap<PodUid, PodNames>, skipped: &[Skipped]) -> Self {
+        let name = |uid: &PodUid| names.get(uid).cloned().unwrap_or_default();
+        let volumes = verdicts
+            .volumes
+            .iter()
+            .map(|(key, v)| {
+                let n = name(&key.launcher);
+                VolumeReport {
+                    pod_uid: key.launcher.clone(),
+                    volume: key.volume.clone(),
+                    mode: v.mode,
+                    state: v.state,
+                    device: v.device,
+                    backing_pods: v.backing_pods.iter().cloned().collect(),
+                    namespace: n.namespace,
+                    vmi: n.vmi,
+                }
+            })
+            .collect();
+        let attachment_pods = verdicts
+            .attachment_pods
+            .iter()
+            .map(|(uid, a)| {
+                let n = name(uid);
+                AttachmentPodReport {
+                    pod_uid: uid.clone(),
+                    volumes: a.volumes.iter().cloned().collect(),
+                    handoff_safe: a.handoff_safe(),
+                    launcher_pod_uid: a.launcher.clone(),
+                    sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
+                    namespace: n.namespace,
+                    vmi: n.vmi,
+                }
+            })
+            .collect();
+        let skipped = skipped
+            .iter()
+            .map(|s| SkippedReport { path: s.path.to_string_lossy().into_owned(), reason: s.reason.to_string() })
+            .collect();
+        Report { volumes, attachment_pods, skipped }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// A table for a person at a terminal. Names are escaped so that a name with a newline
+    /// or control character cannot forge a row.
+    pub fn to_table(&self) -> String {
+        let mut rows = vec![vec!["LAUNCHER POD".into(), "VOLUME".into(), "MODE".into(), "STATE".into(), "DEVICE".into(), "BACKING PODS".into()]];
+        for v in &self.volumes {
+            rows.push(vec![
+                esc(&v.pod_uid),
+                esc(&v.volume),
+                format!("{:?}", v.mode).to_lowercase(),
+                v.state.as_str().into(),
+                v.device.map_or("-".into(), |d| d.to_string()),
+                list(&v.backing_pods),
+            ]);
+        }
+        let mut out = table(&rows);
+        let mut rows = vec![vec!["ATTACHMENT POD".into(), "LAUNCHER POD".into(), "VOLUMES".into(), "HANDOFF SAFE".into()]];
+        for a in &self.attachment_pods {
+            rows.push(vec![
+                esc(&a.pod_uid),
+                a.launcher_pod_uid.as_deref().map_or("?".into(), esc),
+                list(&a.volumes),
+                if a.handoff_safe { "yes".into() } else { format!("NO: orphans {}", list(&a.sole_backer_of)) },
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+        if !self.skipped.is_empty() {
+            let _ = writeln!(out, "\nSKIPPED ({}):", self.skipped.len());
+            for s in &self.skipped {
+                let _ = writeln!(out, "  {}: {}", esc(&s.path), s.reason);
+            }
+        }
+        out
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.iter().map(|s| esc(s)).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}

@@ -1,0 +1,96 @@
+//! Liveness of the loops that feed the engine. A loop is stalled when it died or has been
+//! busy with one batch for longer than the stall timeout; waiting for the kernel is not a
+//! stall, so a quiet node is healthy without any polling wake-ups.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    loops: Mutex<Vec<Arc<Heartbeat>>>,
+    ready: AtomicBool,
+}
+
+#[derive(Debug)]
+pub struct Heartbeat {
+    name: &'static str,
+    alive: AtomicBool,
+    /// Milliseconds since `epoch` + 1 when the current batch started; 0 when idle.
+    busy_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Heartbeat {
+    pub fn busy(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.busy_since.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn idle(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Marks the loop dead when its thread ends, by return or by panic.
+    pub fn guard(self: &Arc<Self>) -> HeartbeatGuard {
+        HeartbeatGuard(self.clone())
+    }
+}
+
+pub struct HeartbeatGuard(Arc<Heartbeat>);
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { epoch: Instant::now(), loops: Mutex::new(Vec::new()), ready: AtomicBool::new(false) }
+    }
+}
+
+impl Health {
+    pub fn register(&self, name: &'static str) -> Arc<Heartbeat> {
+        let hb = Arc::new(Heartbeat {
+            name,
+            alive: AtomicBool::new(true),
+            busy_since: AtomicU64::new(0),
+            epoch: self.epoch,
+        });
+        self.loops.lock().unwrap_or_else(|e| e.into_inner()).push(hb.clone());
+        hb
+    }
+
+    /// `Err` names every stalled loop.
+    pub fn check(&self, stall_after: Duration) -> Result<(), String> {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        let problems: Vec<String> = loops
+            .iter()
+            .filter_map(|hb| {
+                if !hb.alive.load(Ordering::Relaxed) {
+                    return Some(format!("{}: loop ended", hb.name));
+                }
+                let since = hb.busy_since.load(Ordering::Relaxed);
+                let busy_for = Duration::from_millis(now.saturating_sub(since));
+                (since != 0 && busy_for > stall_after).then(|| format!("{}: busy for {:?}", hb.name, busy_for))
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,131 @@
+//! Sources: threads that watch the kernel and the kubelet tree and turn what they see into
+//! [`Observation`]s. They never decide. A loss anywhere (inotify queue overflow, netlink
+//! `ENOBUFS`, the tree appearing or disappearing) becomes one message: rescan.
+
+pub mod health;
+pub mod inotify;
+pub mod mounts;
+pub mod sysfs;
+pub mod uevents;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::inventory::{FullScan, Observation, Seq};
+use crate::layout::{KubeletLayout, LayoutError, Skipped};
+
+/// Where the agent reads the node from. Every path is configurable so that tests run on
+/// a temp tree and a container can mount the host's paths anywhere.
+#[derive(Clone, Debug)]
+pub struct NodePaths {
+    pub kubelet_root: PathBuf,
+    /// The kubelet root as the mount namespace of `mountinfo` names it.
+    pub mountinfo_kubelet_root: PathBuf,
+    pub sysfs: PathBuf,
+    pub mountinfo: PathBuf,
+}
+
+impl NodePaths {
+    pub fn layout(&self) -> KubeletLayout {
+        KubeletLayout::new(&self.kubelet_root)
+    }
+}
+
+/// Hands out [`Seq`] numbers: take one *before* reading.
+#[derive(Debug, Default)]
+pub struct SeqClock(AtomicU64);
+
+impl SeqClock {
+    pub fn next(&self) -> Seq {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// Why a full rescan runs; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RescanReason {
+    /// The watch set is in place (at start, or once the kubelet root appeared).
+    WatchesReady,
+    Periodic,
+    InotifyOverflow,
+    UeventOverflow,
+    /// The kubelet root went away.
+    RootGone,
+}
+
+impl RescanReason {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            RescanReason::WatchesReady => "watches_ready",
+            RescanReason::Periodic => "periodic",
+            RescanReason::InotifyOverflow => "inotify_overflow",
+            RescanReason::UeventOverflow => "uevent_overflow",
+            RescanReason::RootGone => "root_gone",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SourceKind {
+    Inotify,
+    Uevent,
+    Mountinfo,
+}
+
+impl SourceKind {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            SourceKind::Inotify => "inotify",
+            SourceKind::Uevent => "uevent",
+            SourceKind::Mountinfo => "mountinfo",
+        }
+    }
+}
+
+/// What sources send the engine.
+#[derive(Debug)]
+pub enum Message {
+    Observed { obs: Observation, source: SourceKind, received: Instant, skipped: Vec<Skipped> },
+    Rescan(RescanReason),
+}
+
+pub type Sender = std::sync::mpsc::Sender<Message>;
+
+/// The result of reading everything once: what `scan` prints and a rescan applies.
+#[derive(Debug)]
+pub struct NodeRead {
+    pub scan: FullScan,
+    pub skipped: Vec<Skipped>,
+    /// Lines of mountinfo that did not parse.
+    pub malformed_mount_lines: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("cannot list block devices in {path}: {source}")]
+    Sysfs { path: PathBuf, source: std::io::Error },
+    #[error("cannot read mount table {path}: {source}")]
+    Mountinfo { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table.
+pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
+    let layout = paths.layout();
+    let (uids, mut skipped) = layout.list_pods()?;
+    let mut pods = std::collections::BTreeMap::new();
+    for uid in uids {
+        let mut pod = layout.scan_pod(&uid);
+        skipped.append(&mut pod.skipped);
+        if let Some(disks) = pod.disks {
+            pods.insert(uid, disks);
+        }
+    }
+    let devices = sysfs::list_block_devices(&paths.sysfs)
+        .map_err(|source| ReadError::Sysfs { path: paths.sysfs.clone(), source })?;
+    let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
+        .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
+    Ok(NodeRead { scan: FullScan { seq, pods, devices, mounts }, skipped, malformed_mount_lines })
+}

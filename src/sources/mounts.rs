@@ -1,0 +1,103 @@
+//! The mount table: which `<volume>.img` has a filesystem bind-mounted on it, and which
+//! attachment pod mounts back it. Inotify does not see mounts; the kernel signals a change
+//! of `/proc/<pid>/mountinfo` with `POLLPRI`, after which the whole file is read again.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::health::Heartbeat;
+use super::{Message, Sender, SeqClock, SourceKind};
+use crate::device::DevNum;
+use crate::inventory::Observation;
+use crate::layout::{KubeletLayout, MountSite};
+use crate::mountinfo;
+
+/// Mounts inside the kubelet tree, by where they sit; and how many lines were malformed.
+pub fn read_mounts(mountinfo_path: &Path, mount_root: &Path) -> io::Result<(BTreeMap<MountSite, DevNum>, usize)> {
+    let mut text = Vec::new();
+    File::open(mountinfo_path)?.read_to_end(&mut text)?;
+    Ok(relevant(&text, mount_root))
+}
+
+fn relevant(text: &[u8], mount_root: &Path) -> (BTreeMap<MountSite, DevNum>, usize) {
+    let parsed = mountinfo::parse(text);
+    let mut out = BTreeMap::new();
+    for m in parsed.mounts {
+        if let Some(site) = KubeletLayout::classify_mount_point(mount_root, &m.mount_point) {
+            // File order is mount order: a later mount on the same point hides the earlier.
+            out.insert(site, m.device);
+        }
+    }
+    (out, parsed.malformed_lines)
+}
+
+/// Opens the mount table now, so that a wrong path is a start-up error, and follows it on
+/// a thread.
+pub fn spawn(
+    mountinfo_path: PathBuf,
+    mount_root: PathBuf,
+    tx: Sender,
+    clock: Arc<SeqClock>,
+    hb: Arc<Heartbeat>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let file = File::open(&mountinfo_path)?;
+    std::thread::Builder::new().name("mountinfo".into()).spawn(move || {
+        let _guard = hb.guard();
+        if let Err(e) = follow(file, &mount_root, &tx, &clock, &hb) {
+            tracing::error!(path = %mountinfo_path.display(), error = %e, "mount table source stopped");
+        }
+    })
+}
+
+fn follow(mut file: File, mount_root: &Path, tx: &Sender, clock: &SeqClock, hb: &Heartbeat) -> io::Result<()> {
+    let mut text = Vec::new();
+    loop {
+        hb.idle();
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        hb.busy();
+        let received = Instant::now();
+        let seq = clock.next();
+        text.clear();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut text)?;
+        let (mounts, malformed) = relevant(&text, mount_root);
+        if malformed > 0 {
+            tracing::warn!(malformed, "mount table has lines that do not parse; skipped");
+        }
+        let msg = Message::Observed { obs: Observation::Mounts { seq, mounts }, source: SourceKind::Mountinfo, received, skipped: Vec::new() };
+        if tx.send(msg).is_err() {
+            return Ok(()); // the engine is gone: shutting down
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_mounts_in_the_kubelet_tree_and_the_top_one() {
+        let text = b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+2 1 7:3 /disk.img /k/L/volumes/kubernetes.io~empty-dir/hotplug-disks/d.img rw - ext4 /dev/loop3 rw\n\
+3 1 7:4 /disk.img /k/L/volumes/kubernetes.io~empty-dir/hotplug-disks/d.img rw - ext4 /dev/loop4 rw\n\
+4 1 7:4 / /k/A/volumes/kubernetes.io~csi/pv/mount rw - ext4 /dev/loop4 rw\n\
+garbage\n";
+        let (m, bad) = relevant(text, Path::new("/k"));
+        assert_eq!(bad, 1);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&MountSite::LauncherImage { pod: "L".into(), volume: "d".into() }], DevNum::new(7, 4));
+        assert_eq!(m[&MountSite::PodVolume { pod: "A".into(), path: "kubernetes.io~csi/pv/mount".into() }], DevNum::new(7, 4));
+    }
+}

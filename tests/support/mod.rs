@@ -1,0 +1,397 @@
+//! Test support: real loop devices, a temp kubelet tree, and the real agent binary.
+//! Shared by the integration tests and the node demo; each test uses what it needs.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hotplug_watchdog::device::DevNum;
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+/// Privileged tests run as root. On a laptop without root they skip, loudly; under
+/// `CI=true` a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (loop devices, mknod, mounts) and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (loop devices, mknod, mounts)");
+    false
+}
+
+// ---------------------------------------------------------------- loop devices
+
+const LOOP_CTL_ADD: nix::libc::c_ulong = 0x4C80;
+const LOOP_CTL_REMOVE: nix::libc::c_ulong = 0x4C81;
+const LOOP_SET_FD: nix::libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: nix::libc::c_ulong = 0x4C01;
+
+static NEXT_LOOP: AtomicU32 = AtomicU32::new(0);
+
+/// Loop indices far from 0-7 and from other test processes: derived from the pid.
+fn next_loop_index() -> u32 {
+    let base = 2000 + (std::process::id() % 3000) * 256;
+    base + NEXT_LOOP.fetch_add(1, Ordering::SeqCst) % 256
+}
+
+fn loop_control(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
+    let ctl = fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").expect("open /dev/loop-control");
+    // SAFETY: plain integer ioctl on a file we own.
+    let r = unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request, index as nix::libc::c_ulong) };
+    nix::errno::Errno::result(r)
+}
+
+/// A loop device made through `/dev/loop-control` (kernel `add` uevent) and removed on
+/// drop (`remove` uevent). Major 7, minor = index.
+#[derive(Debug)]
+pub struct LoopDevice {
+    pub index: u32,
+    removed: bool,
+    backing_attached: bool,
+}
+
+impl LoopDevice {
+    pub fn add() -> Self {
+        loop {
+            let index = next_loop_index();
+            match loop_control(LOOP_CTL_ADD, index) {
+                Ok(_) => return LoopDevice { index, removed: false, backing_attached: false },
+                Err(nix::errno::Errno::EEXIST) => continue,
+                Err(e) => panic!("LOOP_CTL_ADD {index}: {e}"),
+            }
+        }
+    }
+
+    /// Adds the device with this index again: same `7:N`, a new disk.
+    pub fn re_add(index: u32) -> Self {
+        loop_control(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));
+        LoopDevice { index, removed: false, backing_attached: false }
+    }
+
+    pub fn dev(&self) -> DevNum {
+        DevNum::new(7, self.index)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/loop{}", self.index))
+    }
+
+    /// Backs the device with a file (`LOOP_SET_FD`), e.g. to put a filesystem on it.
+    pub fn attach_file(&mut self, file: &Path) {
+        let backing = fs::OpenOptions::new().read(true).write(true).open(file).expect("open backing file");
+        let dev = fs::OpenOptions::new().read(true).write(true).open(self.path()).expect("open loop device");
+        // SAFETY: LOOP_SET_FD takes a file descriptor as its argument.
+        let r = unsafe { nix::libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd() as nix::libc::c_ulong) };
+        nix::errno::Errno::result(r).expect("LOOP_SET_FD");
+        self.backing_attached = true;
+    }
+
+    pub fn remove(&mut self) {
+        if self.removed {
+            return;
+        }
+        if self.backing_attached {
+            if let Ok(dev) = fs::File::open(self.path()) {
+                // SAFETY: LOOP_CLR_FD takes no argument.
+                unsafe { nix::libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
+            }
+        }
+        // udev or blkid may hold the device open for a moment after an event.
+        for _ in 0..100 {
+            match loop_control(LOOP_CTL_REMOVE, self.index) {
+                Ok(_) | Err(nix::errno::Errno::ENODEV) => {
+                    self.removed = true;
+                    return;
+                }
+                Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("LOOP_CTL_REMOVE {}: {e}", self.index),
+            }
+        }
+        panic!("LOOP_CTL_REMOVE {}: still busy", self.index);
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if !self.removed && !std::thread::panicking() {
+            self.remove();
+        } else if !self.removed {
+            let _ = loop_control(LOOP_CTL_REMOVE, self.index);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- kubelet tree
+
+/// A temp kubelet pods directory laid out as the kubelet and virt-handler do.
+pub struct KubeletTree {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+pub const HOTPLUG: &str = "volumes/kubernetes.io~empty-dir/hotplug-disks";
+
+impl KubeletTree {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("pods");
+        fs::create_dir(&root).unwrap();
+        KubeletTree { _dir: dir, root }
+    }
+
+    /// A tree whose root does not exist yet.
+    pub fn without_root() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("pods");
+        KubeletTree { _dir: dir, root }
+    }
+
+    pub fn hotplug_dir(&self, uid: &str) -> PathBuf {
+        self.root.join(uid).join(HOTPLUG)
+    }
+
+    /// A virt-launcher pod with its (empty) hotplug-disks emptyDir.
+    pub fn launcher(&self, uid: &str) -> PathBuf {
+        let dir = self.hotplug_dir(uid);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// An attachment pod: hotplug-disks with its `hp.sock`.
+    pub fn attachment(&self, uid: &str) -> PathBuf {
+        let dir = self.hotplug_dir(uid);
+        fs::create_dir_all(&dir).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(dir.join("hp.sock")).expect("bind hp.sock"));
+        dir
+    }
+
+    /// `<volume>/<pvcUID>` in an attachment pod: the PVC's block device.
+    pub fn attach_block(&self, uid: &str, volume: &str, dev: DevNum) {
+        let dir = self.hotplug_dir(uid).join(volume);
+        fs::create_dir_all(&dir).unwrap();
+        make_block_node(&dir.join(format!("pvc-{volume}")), dev);
+    }
+
+    /// What virt-handler does for a block volume: mknod `<volume>` in the launcher.
+    pub fn launcher_block(&self, uid: &str, volume: impl AsRef<OsStr>, dev: DevNum) {
+        make_block_node(&self.hotplug_dir(uid).join(volume.as_ref()), dev);
+    }
+
+    pub fn remove_pod(&self, uid: &str) {
+        fs::remove_dir_all(self.root.join(uid)).unwrap();
+    }
+}
+
+pub fn make_block_node(path: &Path, dev: DevNum) {
+    mknod(path, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(dev.major.into(), dev.minor.into()))
+        .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+}
+
+// ---------------------------------------------------------------- mounts
+
+/// A mount undone on drop (lazily, so a test failure cannot leave a busy mount behind).
+pub struct Mounted(pub PathBuf);
+
+impl Mounted {
+    pub fn filesystem(device: &Path, target: &Path, fstype: &str) -> Self {
+        fs::create_dir_all(target).unwrap();
+        nix::mount::mount(Some(device), target, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+            .unwrap_or_else(|e| panic!("mount {} on {}: {e}", device.display(), target.display()));
+        Mounted(target.to_path_buf())
+    }
+
+    pub fn bind(source: &Path, target: &Path) -> Self {
+        nix::mount::mount(Some(source), target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .unwrap_or_else(|e| panic!("bind {} on {}: {e}", source.display(), target.display()));
+        Mounted(target.to_path_buf())
+    }
+
+    pub fn unmount(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+pub fn mkfs_ext4(device: &Path) {
+    let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(device).output().expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---------------------------------------------------------------- the agent
+
+pub fn agent_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hotplug-watchdog"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary, `run --standalone`, killed on drop; its log kept for failure messages.
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    pub fn start(kubelet_root: &Path, extra: &[&str]) -> Self {
+        Self::start_with_mountinfo(kubelet_root, Path::new("/proc/self/mountinfo"), extra)
+    }
+
+    pub fn start_with_mountinfo(kubelet_root: &Path, mountinfo: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(agent_binary())
+            .args(["run", "--standalone", "--log-level", "debug", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--kubelet-root")
+            .arg(kubelet_root)
+            .arg("--mountinfo")
+            .arg(mountinfo)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start agent");
+        let agent = Agent { child: Some(child), port, log };
+        agent.wait_http();
+        agent
+    }
+
+    fn wait_http(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.try_get("/healthz").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent did not serve HTTP within 20s; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path).unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log()))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/scan").1).expect("/scan is JSON")
+    }
+
+    pub fn wait_ready(&self) {
+        self.wait_until("ready", Duration::from_secs(20), |a| a.get("/readyz").0 == 200);
+    }
+
+    /// Polls until `cond` holds; a bounded wait, not a timing assertion.
+    pub fn wait_until(&self, what: &str, timeout: Duration, cond: impl Fn(&Agent) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}\nreport: {}\nlog:\n{}", self.get("/scan").1, self.log());
+    }
+
+    /// Waits until the volume `launcher/volume` reaches `state` (`None`: is not reported).
+    pub fn wait_volume(&self, launcher: &str, volume: &str, state: Option<&str>) {
+        let what = format!("{launcher}/{volume} -> {state:?}");
+        self.wait_until(&what, Duration::from_secs(10), |a| volume_state(&a.report(), launcher, volume).as_deref() == state);
+    }
+
+    pub fn wait_handoff(&self, pod: &str, safe: bool) {
+        self.wait_until(&format!("{pod} handoff_safe={safe}"), Duration::from_secs(10), |a| {
+            handoff_safe(&a.report(), pod) == Some(safe)
+        });
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn volume_entry<'a>(report: &'a serde_json::Value, launcher: &str, volume: &str) -> Option<&'a serde_json::Value> {
+    report["volumes"].as_array()?.iter().find(|v| v["pod_uid"] == launcher && v["volume"] == volume)
+}
+
+pub fn volume_state(report: &serde_json::Value, launcher: &str, volume: &str) -> Option<String> {
+    volume_entry(report, launcher, volume).and_then(|v| v["state"].as_str().map(String::from))
+}
+
+pub fn handoff_safe(report: &serde_json::Value, pod: &str) -> Option<bool> {
+    report["attachment_pods"].as_array()?.iter().find(|p| p["pod_uid"] == pod).and_then(|p| p["handoff_safe"].as_bool())
+}
+
+/// The value of one sample line of the metrics text, e.g.
+/// `hotplug_watchdog_rescans_total{reason="periodic"}`; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// `scan --format json` of the same tree, as an operator would run it.
+pub fn scan_json(kubelet_root: &Path, mountinfo: &Path) -> serde_json::Value {
+    let out = Command::new(agent_binary())
+        .args(["scan", "--format", "json", "--kubelet-root"])
+        .arg(kubelet_root)
+        .arg("--mountinfo")
+        .arg(mountinfo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scan failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("scan prints JSON")
+}
+
+pub fn os(s: &[u8]) -> &OsStr {
+    OsStr::from_bytes(s)
+}
