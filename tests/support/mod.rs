@@ -341,6 +341,10 @@ impl Agent {
         });
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
