@@ -89,15 +89,20 @@ impl Engine {
                     }
                 }
             }
-            if let Some(reason) = rescan {
-                self.rescan(reason);
+            let scanned = rescan.map(|reason| self.rescan(reason));
+            if scanned.is_some() {
                 next_rescan = Instant::now() + self.rescan_interval;
             }
             self.publish(earliest);
+            // Ready only once what the scan found is published.
+            if let Some(ok) = scanned {
+                self.health.set_ready(ok);
+            }
         }
     }
 
-    fn rescan(&mut self, reason: RescanReason) {
+    /// Reads the whole node; `false` when it could not.
+    fn rescan(&mut self, reason: RescanReason) -> bool {
         let started = Instant::now();
         let seq = self.clock.next();
         match read_node(&self.paths, seq) {
@@ -111,8 +116,8 @@ impl Engine {
                 if !self.health.is_ready() {
                     tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), "first full scan done; ready");
                 }
-                self.health.set_ready(true);
                 self.root_missing_said = false;
+                true
             }
             Err(e) => {
                 // Keep the last picture: a rescan that could not read proves nothing.
@@ -120,7 +125,7 @@ impl Engine {
                     tracing::error!(error = %e, reason = reason.metric_label(), "full rescan failed; keeping the last verdicts and not ready");
                     self.root_missing_said = true;
                 }
-                self.health.set_ready(false);
+                false
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` (fails when a loop stalled or
+//! The HTTP endpoints: `/metrics` (OpenMetrics or Prometheus text, as the scraper asks), `/healthz` (fails when a loop stalled or
 //! died), `/readyz` (after the first full scan) and `/scan` (the node report as JSON, the
 //! same document as `hotplug-watchdog scan --format json`).
 
@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::{Metrics, SharedPublished};
+use crate::metrics::{Exposition, Metrics, SharedPublished};
 use crate::report::Report;
 use crate::sources::health::Health;
 
@@ -33,11 +33,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.metrics.encode(),
-    )
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::from_accept(accept);
+    ([(header::CONTENT_TYPE, format.content_type())], s.metrics.encode(format))
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {

@@ -192,7 +192,7 @@ impl KubeletLayout {
             fd = match open_dir(Some(&fd), Path::new(component)) {
                 Ok(next) => next,
                 Err(errno) => {
-                    if let Some(reason) = open_failure_reason(errno) {
+                    if let Some(reason) = open_failure_reason(&fd, component, errno) {
                         scan.skipped.push(Skipped { path, reason });
                     }
                     return scan;
@@ -320,7 +320,7 @@ impl<'a> HotplugDirReader<'a> {
         let sub = match open_dir(Some(dir), Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()))) {
             Ok(fd) => fd,
             Err(errno) => {
-                if let Some(reason) = open_failure_reason(errno) {
+                if let Some(reason) = open_failure_reason(dir, name, errno) {
                     self.skip(path, reason);
                 }
                 return;
@@ -366,13 +366,18 @@ fn open_dir(parent: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
     }
 }
 
-/// How a failed open of a layout directory is reported: absence is normal (the pod has
-/// no such directory, or it went away), anything else is worth a skip entry.
-fn open_failure_reason(errno: Errno) -> Option<SkipReason> {
+/// How a failed open of `name` in `parent` is reported: absence is normal (the pod has no
+/// such directory, or it went away), anything else is worth a skip entry. With
+/// `O_DIRECTORY` the kernel answers a symlink with ENOTDIR, so look at what is there.
+fn open_failure_reason<P: ?Sized + nix::NixPath>(parent: &OwnedFd, name: &P, errno: Errno) -> Option<SkipReason> {
     match errno {
         Errno::ENOENT => None,
-        Errno::ELOOP => Some(SkipReason::Symlink),
-        Errno::ENOTDIR => Some(SkipReason::NotADirectory),
+        Errno::ELOOP | Errno::ENOTDIR => match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_kind(st.st_mode) == SFlag::S_IFLNK => Some(SkipReason::Symlink),
+            Ok(_) => Some(SkipReason::NotADirectory),
+            Err(Errno::ENOENT) => None,
+            Err(e) => Some(SkipReason::Unreadable(e)),
+        },
         e => Some(SkipReason::Unreadable(e)),
     }
 }

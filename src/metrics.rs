@@ -150,10 +150,38 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
+    /// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus
+    /// text format 0.0.4 (what curl, promtool and older scrapers read).
+    pub fn encode(&self, format: Exposition) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        match format {
+            Exposition::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+            Exposition::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry),
+        }
+        .expect("encoding to a String cannot fail");
         out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Exposition {
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Exposition::OpenMetrics,
+            _ => Exposition::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
     }
 }
 
