@@ -74,14 +74,16 @@ impl Engine {
             let mut earliest = Instant::now();
             for msg in batch {
                 match msg {
-                    Message::Observed { obs, source, received, skipped } => {
+                    Message::Observed { obs, source, received, mut skipped } => {
                         earliest = earliest.min(received);
                         self.metrics.source_events_total.get_or_create(&SourceLabel { source: source.metric_label() }).inc();
-                        if let Observation::Pod { uid, .. } = &obs {
-                            let dir = self.paths.layout().pod_dir(uid);
-                            self.replace_skipped(Some(&dir), skipped);
+                        for obs in obs {
+                            if let Observation::Pod { uid, .. } = &obs {
+                                let dir = self.paths.layout().pod_dir(uid);
+                                self.replace_skipped(Some(&dir), std::mem::take(&mut skipped));
+                            }
+                            self.inventory.apply(obs);
                         }
-                        self.inventory.apply(obs);
                     }
                     Message::Rescan(reason) => {
                         self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();

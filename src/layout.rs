@@ -47,6 +47,22 @@ pub enum PodDisks {
     Attachment(BTreeMap<String, DevNum>),
 }
 
+impl PodDisks {
+    /// Every device number this pod's nodes point at.
+    pub fn devices(&self) -> Vec<DevNum> {
+        match self {
+            PodDisks::Launcher(entries) => entries
+                .values()
+                .filter_map(|e| match e {
+                    LauncherEntry::Block(d) => Some(*d),
+                    _ => None,
+                })
+                .collect(),
+            PodDisks::Attachment(vols) => vols.values().copied().collect(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LauncherEntry {
     /// `<volume>`: a block node pointing at this device.

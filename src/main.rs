@@ -70,9 +70,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // after a source is listening can be missed by the scan that follows.
     sources::uevents::spawn(args.uevent_source, args.uevent_buffer_bytes, tx.clone(), clock.clone(), health.register("uevents"))
         .context("cannot listen for block uevents")?;
-    sources::mounts::spawn(paths.mountinfo.clone(), paths.mountinfo_kubelet_root.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
+    sources::mounts::spawn(paths.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
         .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
-    sources::inotify::spawn(paths.layout(), tx, clock.clone(), health.register("inotify")).context("cannot start inotify")?;
+    sources::inotify::spawn(&paths, tx, clock.clone(), health.register("inotify")).context("cannot start inotify")?;
 
     let engine = Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
     let engine_hb = health.register("engine");

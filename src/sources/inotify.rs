@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::health::Heartbeat;
-use super::{Message, RescanReason, Sender, SeqClock, SourceKind};
+use super::{sysfs, Message, NodePaths, RescanReason, Sender, SeqClock, SourceKind};
 use crate::inventory::Observation;
-use crate::layout::{KubeletLayout, PodUid, HOTPLUG_SUBPATH};
+use crate::layout::{KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH};
 
 /// What a watch descriptor watches.
 #[derive(Clone, Debug)]
@@ -29,15 +29,16 @@ enum Watched {
 }
 
 pub fn spawn(
-    layout: KubeletLayout,
+    paths: &NodePaths,
     tx: Sender,
     clock: Arc<SeqClock>,
     hb: Arc<Heartbeat>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let inotify = Inotify::init()?;
+    let (layout, sysfs) = (paths.layout(), paths.sysfs.clone());
     std::thread::Builder::new().name("inotify".into()).spawn(move || {
         let _guard = hb.guard();
-        let mut watcher = TreeWatcher { inotify, layout, watched: HashMap::new(), tx, clock, hb };
+        let mut watcher = TreeWatcher { inotify, layout, sysfs, watched: HashMap::new(), tx, clock, hb };
         if let Err(e) = watcher.run() {
             tracing::error!(error = %e, "inotify source stopped");
         }
@@ -47,6 +48,7 @@ pub fn spawn(
 struct TreeWatcher {
     inotify: Inotify,
     layout: KubeletLayout,
+    sysfs: std::path::PathBuf,
     watched: HashMap<WatchDescriptor, Watched>,
     tx: Sender,
     clock: Arc<SeqClock>,
@@ -220,7 +222,8 @@ impl TreeWatcher {
                 self.watch_pod(&uid);
                 let seq = self.clock.next();
                 let scan = self.layout.scan_pod(&uid);
-                let obs = Observation::Pod { seq, uid: scan.uid, disks: scan.disks };
+                let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
+                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks });
                 let msg = Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped };
                 if self.send(msg).is_err() {
                     return Ok(Some(Hangup));

@@ -86,7 +86,9 @@ impl SourceKind {
 /// What sources send the engine.
 #[derive(Debug)]
 pub enum Message {
-    Observed { obs: Observation, source: SourceKind, received: Instant, skipped: Vec<Skipped> },
+    /// Observations made by one read, applied together: a pod read carries the presence
+    /// of the devices its nodes point at, so the engine never judges one without the other.
+    Observed { obs: Vec<Observation>, source: SourceKind, received: Instant, skipped: Vec<Skipped> },
     Rescan(RescanReason),
 }
 

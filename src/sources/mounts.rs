@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::health::Heartbeat;
-use super::{Message, Sender, SeqClock, SourceKind};
+use super::{sysfs, Message, NodePaths, Sender, SeqClock, SourceKind};
 use crate::device::DevNum;
 use crate::inventory::Observation;
 use crate::layout::{KubeletLayout, MountSite};
@@ -41,22 +41,21 @@ fn relevant(text: &[u8], mount_root: &Path) -> (BTreeMap<MountSite, DevNum>, usi
 /// Opens the mount table now, so that a wrong path is a start-up error, and follows it on
 /// a thread.
 pub fn spawn(
-    mountinfo_path: PathBuf,
-    mount_root: PathBuf,
+    paths: NodePaths,
     tx: Sender,
     clock: Arc<SeqClock>,
     hb: Arc<Heartbeat>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let file = File::open(&mountinfo_path)?;
+    let file = File::open(&paths.mountinfo)?;
     std::thread::Builder::new().name("mountinfo".into()).spawn(move || {
         let _guard = hb.guard();
-        if let Err(e) = follow(file, &mount_root, &tx, &clock, &hb) {
-            tracing::error!(path = %mountinfo_path.display(), error = %e, "mount table source stopped");
+        if let Err(e) = follow(file, &paths.mountinfo_kubelet_root, &paths.sysfs, &tx, &clock, &hb) {
+            tracing::error!(path = %paths.mountinfo.display(), error = %e, "mount table source stopped");
         }
     })
 }
 
-fn follow(mut file: File, mount_root: &Path, tx: &Sender, clock: &SeqClock, hb: &Heartbeat) -> io::Result<()> {
+fn follow(mut file: File, mount_root: &Path, sysfs: &Path, tx: &Sender, clock: &SeqClock, hb: &Heartbeat) -> io::Result<()> {
     let mut text = Vec::new();
     loop {
         hb.idle();
@@ -76,7 +75,9 @@ fn follow(mut file: File, mount_root: &Path, tx: &Sender, clock: &SeqClock, hb: 
         if malformed > 0 {
             tracing::warn!(malformed, "mount table has lines that do not parse; skipped");
         }
-        let msg = Message::Observed { obs: Observation::Mounts { seq, mounts }, source: SourceKind::Mountinfo, received, skipped: Vec::new() };
+        let mut obs = sysfs::observe_devices(sysfs, seq, mounts.values().copied());
+        obs.push(Observation::Mounts { seq, mounts });
+        let msg = Message::Observed { obs, source: SourceKind::Mountinfo, received, skipped: Vec::new() };
         if tx.send(msg).is_err() {
             return Ok(()); // the engine is gone: shutting down
         }

@@ -100,7 +100,7 @@ fn follow(socket: &udev::MonitorSocket, tx: &Sender, clock: &SeqClock, hb: &Hear
             let present = ev.action != UeventAction::Remove;
             tracing::debug!(device = %ev.device, devname = ?ev.devname, present, "block uevent");
             let obs = Observation::Device { seq, device: ev.device, present };
-            if tx.send(Message::Observed { obs, source: SourceKind::Uevent, received, skipped: Vec::new() }).is_err() {
+            if tx.send(Message::Observed { obs: vec![obs], source: SourceKind::Uevent, received, skipped: Vec::new() }).is_err() {
                 return Ok(());
             }
         }
