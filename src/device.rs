@@ -72,7 +72,17 @@ mod tests {
         let d: DevNum = "7:12".parse().unwrap();
         assert_eq!(d, DevNum::new(7, 12));
         assert_eq!(d.to_string(), "7:12");
-        for bad in ["", "7", "7:", ":1", "a:1", "7:1:2", "-1:2", "7: 1", "99999999999:1"] {
+        for bad in [
+            "",
+            "7",
+            "7:",
+            ":1",
+            "a:1",
+            "7:1:2",
+            "-1:2",
+            "7: 1",
+            "99999999999:1",
+        ] {
             assert!(bad.parse::<DevNum>().is_err(), "{bad:?} parsed");
         }
     }

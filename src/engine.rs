@@ -13,7 +13,7 @@ use crate::layout::{SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock};
-use crate::verdict::{judge, transitions, Transitions, VolumeKey, VolumeState, Verdicts};
+use crate::verdict::{judge, transitions, Transitions, Verdicts, VolumeKey, VolumeState};
 
 pub struct Engine {
     pub paths: NodePaths,
@@ -61,7 +61,8 @@ impl Engine {
         let mut next_rescan = Instant::now() + self.rescan_interval;
         loop {
             hb.idle();
-            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
+            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now()))
+            {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => Message::Rescan(RescanReason::Periodic),
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -74,9 +75,19 @@ impl Engine {
             let mut earliest = Instant::now();
             for msg in batch {
                 match msg {
-                    Message::Observed { obs, source, received, mut skipped } => {
+                    Message::Observed {
+                        obs,
+                        source,
+                        received,
+                        mut skipped,
+                    } => {
                         earliest = earliest.min(received);
-                        self.metrics.source_events_total.get_or_create(&SourceLabel { source: source.metric_label() }).inc();
+                        self.metrics
+                            .source_events_total
+                            .get_or_create(&SourceLabel {
+                                source: source.metric_label(),
+                            })
+                            .inc();
                         for obs in obs {
                             if let Observation::Pod { uid, .. } = &obs {
                                 let dir = self.paths.layout().pod_dir(uid);
@@ -86,7 +97,12 @@ impl Engine {
                         }
                     }
                     Message::Rescan(reason) => {
-                        self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();
+                        self.metrics
+                            .rescans_total
+                            .get_or_create(&ReasonLabel {
+                                reason: reason.metric_label(),
+                            })
+                            .inc();
                         rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
                     }
                 }
@@ -109,9 +125,14 @@ impl Engine {
         let seq = self.clock.next();
         match read_node(&self.paths, seq) {
             Ok(read) => {
-                self.metrics.scan_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .scan_duration
+                    .observe(started.elapsed().as_secs_f64());
                 if read.malformed_mount_lines > 0 {
-                    tracing::warn!(lines = read.malformed_mount_lines, "mount table lines that do not parse were skipped");
+                    tracing::warn!(
+                        lines = read.malformed_mount_lines,
+                        "mount table lines that do not parse were skipped"
+                    );
                 }
                 self.replace_skipped(None, read.skipped);
                 self.inventory.apply(Observation::FullScan(read.scan));
@@ -136,8 +157,16 @@ impl Engine {
     fn replace_skipped(&mut self, dir: Option<&std::path::Path>, fresh: Vec<Skipped>) {
         let old = match dir {
             Some(dir) => {
-                let under: Vec<PathBuf> = self.skipped.range(dir.to_path_buf()..).take_while(|(p, _)| p.starts_with(dir)).map(|(p, _)| p.clone()).collect();
-                under.into_iter().filter_map(|p| self.skipped.remove_entry(&p)).collect()
+                let under: Vec<PathBuf> = self
+                    .skipped
+                    .range(dir.to_path_buf()..)
+                    .take_while(|(p, _)| p.starts_with(dir))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                under
+                    .into_iter()
+                    .filter_map(|p| self.skipped.remove_entry(&p))
+                    .collect()
             }
             None => std::mem::take(&mut self.skipped),
         };
@@ -153,10 +182,22 @@ impl Engine {
         }
         self.metrics.skipped_entries.clear();
         for (reason, n) in counts {
-            self.metrics.skipped_entries.get_or_create(&ReasonLabel { reason }).set(n);
+            self.metrics
+                .skipped_entries
+                .get_or_create(&ReasonLabel { reason })
+                .set(n);
         }
-        self.published.write().unwrap_or_else(|e| e.into_inner()).skipped =
-            self.skipped.iter().map(|(path, reason)| Skipped { path: path.clone(), reason: *reason }).collect();
+        self.published
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .skipped = self
+            .skipped
+            .iter()
+            .map(|(path, reason)| Skipped {
+                path: path.clone(),
+                reason: *reason,
+            })
+            .collect();
     }
 
     fn publish(&mut self, earliest: Instant) {
@@ -165,39 +206,67 @@ impl Engine {
         if changes.is_empty() {
             return;
         }
-        self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
+        self.published
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .verdicts = new.clone();
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, latency);
         self.verdicts = new;
     }
 
     fn record(&mut self, changes: &Transitions, latency: f64) {
-        let labels = |key: &VolumeKey| self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(key);
+        let labels = |key: &VolumeKey| {
+            self.published
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .volume_labels(key)
+        };
         for t in &changes.volumes {
-            let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
+            let (k, from, to) = (
+                &t.key,
+                t.from.map(VolumeState::as_str),
+                t.to.map(VolumeState::as_str),
+            );
             let device = t.device.map(|d| d.to_string());
             match t.to {
                 Some(VolumeState::Vanished) | Some(VolumeState::Unbacked) => {
                     tracing::warn!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume lost its device or backing")
                 }
-                _ => tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state"),
+                _ => {
+                    tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state")
+                }
             }
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
                 continue;
             };
-            self.metrics.transitions_total.get_or_create(&StateLabel { state: state.as_str() }).inc();
-            self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
+            self.metrics
+                .transitions_total
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .inc();
+            self.metrics
+                .detection_latency
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .observe(latency);
             match state {
                 VolumeState::Vanished => {
                     self.metrics.vanished_total.get_or_create(&labels(k)).inc();
                 }
                 VolumeState::Pending => {
-                    self.pending_since.entry(k.clone()).or_insert_with(Instant::now);
+                    self.pending_since
+                        .entry(k.clone())
+                        .or_insert_with(Instant::now);
                 }
                 VolumeState::Ready => {
                     if let Some(since) = self.pending_since.remove(k) {
-                        self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
+                        self.metrics
+                            .time_to_ready
+                            .observe(since.elapsed().as_secs_f64());
                     }
                 }
                 VolumeState::Unbacked => {}
@@ -220,7 +289,12 @@ impl Engine {
         p.verdicts
             .attachment_pods
             .get(pod)
-            .map(|a| a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect())
+            .map(|a| {
+                a.sole_backer_of
+                    .iter()
+                    .map(|k| format!("{}/{}", k.launcher, k.volume))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

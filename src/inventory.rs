@@ -21,16 +21,30 @@ pub type Seq = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
     /// One pod directory, read whole. `None`: no hotplug-disks directory (or no pod).
-    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks> },
+    Pod {
+        seq: Seq,
+        uid: PodUid,
+        disks: Option<PodDisks>,
+    },
     /// A block device appeared in or left `/sys/dev/block` (a uevent).
-    Device { seq: Seq, device: DevNum, present: bool },
+    Device {
+        seq: Seq,
+        device: DevNum,
+        present: bool,
+    },
     /// The mount table, read whole; only mounts inside the kubelet tree.
-    Mounts { seq: Seq, mounts: BTreeMap<MountSite, DevNum> },
+    Mounts {
+        seq: Seq,
+        mounts: BTreeMap<MountSite, DevNum>,
+    },
     /// Everything, read from scratch.
     FullScan(FullScan),
     /// Cluster mode knows which launcher pod owns an attachment pod (controller
     /// ownerReference); `None` forgets it.
-    Owner { attachment: PodUid, launcher: Option<PodUid> },
+    Owner {
+        attachment: PodUid,
+        launcher: Option<PodUid>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +76,11 @@ impl Inventory {
                     lww(&mut self.pods, uid, seq, disks);
                 }
             }
-            Observation::Device { seq, device, present } => {
+            Observation::Device {
+                seq,
+                device,
+                present,
+            } => {
                 if seq >= self.watermark {
                     lww(&mut self.devices, device, seq, present);
                 }
@@ -73,7 +91,10 @@ impl Inventory {
                 }
             }
             Observation::FullScan(scan) => self.apply_full_scan(scan),
-            Observation::Owner { attachment, launcher } => match launcher {
+            Observation::Owner {
+                attachment,
+                launcher,
+            } => match launcher {
                 Some(l) => {
                     self.owners.insert(attachment, l);
                 }
@@ -109,7 +130,9 @@ impl Inventory {
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&PodUid, &PodDisks)> {
-        self.pods.iter().filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
+        self.pods
+            .iter()
+            .filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
     }
 
     /// Present unless a scan or uevent said otherwise. Anonymous devices (major 0, NFS and

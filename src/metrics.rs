@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::layout::PodUid;
 use crate::report::PodNames;
-use crate::verdict::{VolumeKey, VolumeState, Verdicts};
+use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
 pub const PREFIX: &str = "hotplug_watchdog";
 
@@ -80,7 +80,11 @@ impl Published {
 
     fn pod_labels(&self, uid: &PodUid) -> PodLabels {
         let n = self.names.get(uid).cloned().unwrap_or_default();
-        PodLabels { pod_uid: uid.clone(), namespace: n.namespace.unwrap_or_default(), vmi: n.vmi.unwrap_or_default() }
+        PodLabels {
+            pod_uid: uid.clone(),
+            namespace: n.namespace.unwrap_or_default(),
+            vmi: n.vmi.unwrap_or_default(),
+        }
     }
 }
 
@@ -108,26 +112,43 @@ impl Metrics {
             vanished_total.clone(),
         );
         let transitions_total = Family::<StateLabel, Counter>::default();
-        registry.register("volume_transitions", "Volume state transitions, by the state entered", transitions_total.clone());
+        registry.register(
+            "volume_transitions",
+            "Volume state transitions, by the state entered",
+            transitions_total.clone(),
+        );
         let detection_latency = Family::<StateLabel, Histogram>::new_with_constructor(|| {
             // 100 µs .. ~3 s: event to published verdict.
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 3.0])
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                3.0,
+            ])
         });
         registry.register(
             "detection_latency_seconds",
             "From a source receiving the first event of a batch to the resulting state change being published, by state entered",
             detection_latency.clone(),
         );
-        let time_to_ready = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
+        let time_to_ready = Histogram::new([
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ]);
         registry.register(
             "volume_time_to_ready_seconds",
             "From a volume first seen pending to it being ready",
             time_to_ready.clone(),
         );
         let rescans_total = Family::<ReasonLabel, Counter>::default();
-        registry.register("rescans", "Full rescans of the node, by reason", rescans_total.clone());
+        registry.register(
+            "rescans",
+            "Full rescans of the node, by reason",
+            rescans_total.clone(),
+        );
         let source_events_total = Family::<SourceLabel, Counter>::default();
-        registry.register("source_events", "Observations received from each source", source_events_total.clone());
+        registry.register(
+            "source_events",
+            "Observations received from each source",
+            source_events_total.clone(),
+        );
         let skipped_entries = Family::<ReasonLabel, Gauge>::default();
         registry.register(
             "skipped_entries",
@@ -135,7 +156,11 @@ impl Metrics {
             skipped_entries.clone(),
         );
         let scan_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
-        registry.register("rescan_duration_seconds", "Time to read the whole node once", scan_duration.clone());
+        registry.register(
+            "rescan_duration_seconds",
+            "Time to read the whole node once",
+            scan_duration.clone(),
+        );
         registry.register_collector(Box::new(VerdictGauges(published)));
         Metrics {
             registry,
@@ -155,8 +180,12 @@ impl Metrics {
     pub fn encode(&self, format: Exposition) -> String {
         let mut out = String::new();
         match format {
-            Exposition::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
-            Exposition::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry),
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
         }
         .expect("encoding to a String cannot fail");
         out
@@ -180,7 +209,9 @@ impl Exposition {
     pub fn content_type(self) -> &'static str {
         match self {
             Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Exposition::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            }
         }
     }
 }
@@ -199,7 +230,8 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (key, v) in &p.verdicts.volumes {
-            ConstGauge::new(i64::from(v.state.device_present())).encode(m.encode_family(&p.volume_labels(key))?)?;
+            ConstGauge::new(i64::from(v.state.device_present()))
+                .encode(m.encode_family(&p.volume_labels(key))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "volume_state",
@@ -227,7 +259,8 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (uid, a) in &p.verdicts.attachment_pods {
-            ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
+            ConstGauge::new(i64::from(a.handoff_safe()))
+                .encode(m.encode_family(&p.pod_labels(uid))?)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::device::DevNum;
 use crate::layout::{PodUid, Skipped};
-use crate::verdict::{VolumeMode, VolumeState, Verdicts};
+use crate::verdict::{Verdicts, VolumeMode, VolumeState};
 
 /// Cluster names for a pod, filled in by cluster mode; empty in standalone mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -58,7 +58,11 @@ pub struct SkippedReport {
 }
 
 impl Report {
-    pub fn new(verdicts: &Verdicts, names: &BTreeMap<PodUid, PodNames>, skipped: &[Skipped]) -> Self {
+    pub fn new(
+        verdicts: &Verdicts,
+        names: &BTreeMap<PodUid, PodNames>,
+        skipped: &[Skipped],
+    ) -> Self {
         let name = |uid: &PodUid| names.get(uid).cloned().unwrap_or_default();
         let volumes = verdicts
             .volumes
@@ -87,7 +91,11 @@ impl Report {
                     volumes: a.volumes.iter().cloned().collect(),
                     handoff_safe: a.handoff_safe(),
                     launcher_pod_uid: a.launcher.clone(),
-                    sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
+                    sole_backer_of: a
+                        .sole_backer_of
+                        .iter()
+                        .map(|k| format!("{}/{}", k.launcher, k.volume))
+                        .collect(),
                     namespace: n.namespace,
                     vmi: n.vmi,
                 }
@@ -95,9 +103,16 @@ impl Report {
             .collect();
         let skipped = skipped
             .iter()
-            .map(|s| SkippedReport { path: s.path.to_string_lossy().into_owned(), reason: s.reason.to_string() })
+            .map(|s| SkippedReport {
+                path: s.path.to_string_lossy().into_owned(),
+                reason: s.reason.to_string(),
+            })
             .collect();
-        Report { volumes, attachment_pods, skipped }
+        Report {
+            volumes,
+            attachment_pods,
+            skipped,
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -107,7 +122,14 @@ impl Report {
     /// A table for a person at a terminal. Names are escaped so that a name with a newline
     /// or control character cannot forge a row.
     pub fn to_table(&self) -> String {
-        let mut rows = vec![vec!["LAUNCHER POD".into(), "VOLUME".into(), "MODE".into(), "STATE".into(), "DEVICE".into(), "BACKING PODS".into()]];
+        let mut rows = vec![vec![
+            "LAUNCHER POD".into(),
+            "VOLUME".into(),
+            "MODE".into(),
+            "STATE".into(),
+            "DEVICE".into(),
+            "BACKING PODS".into(),
+        ]];
         for v in &self.volumes {
             rows.push(vec![
                 esc(&v.pod_uid),
@@ -119,13 +141,22 @@ impl Report {
             ]);
         }
         let mut out = table(&rows);
-        let mut rows = vec![vec!["ATTACHMENT POD".into(), "LAUNCHER POD".into(), "VOLUMES".into(), "HANDOFF SAFE".into()]];
+        let mut rows = vec![vec![
+            "ATTACHMENT POD".into(),
+            "LAUNCHER POD".into(),
+            "VOLUMES".into(),
+            "HANDOFF SAFE".into(),
+        ]];
         for a in &self.attachment_pods {
             rows.push(vec![
                 esc(&a.pod_uid),
                 a.launcher_pod_uid.as_deref().map_or("?".into(), esc),
                 list(&a.volumes),
-                if a.handoff_safe { "yes".into() } else { format!("NO: orphans {}", list(&a.sole_backer_of)) },
+                if a.handoff_safe {
+                    "yes".into()
+                } else {
+                    format!("NO: orphans {}", list(&a.sole_backer_of))
+                },
             ]);
         }
         out.push('\n');
@@ -154,10 +185,16 @@ fn list(items: &[String]) -> String {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows[0].len();
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out

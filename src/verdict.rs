@@ -32,8 +32,12 @@ pub enum VolumeState {
 }
 
 impl VolumeState {
-    pub const ALL: [VolumeState; 4] =
-        [VolumeState::Pending, VolumeState::Ready, VolumeState::Vanished, VolumeState::Unbacked];
+    pub const ALL: [VolumeState; 4] = [
+        VolumeState::Pending,
+        VolumeState::Ready,
+        VolumeState::Vanished,
+        VolumeState::Unbacked,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -105,7 +109,10 @@ struct Served<'a> {
 
 impl<'a> Served<'a> {
     fn collect(inv: &'a Inventory) -> Self {
-        let mut served = Served { by_device: BTreeMap::new(), block_volumes: BTreeMap::new() };
+        let mut served = Served {
+            by_device: BTreeMap::new(),
+            block_volumes: BTreeMap::new(),
+        };
         for (uid, disks) in inv.pods() {
             if let PodDisks::Attachment(vols) = disks {
                 served.block_volumes.insert(uid, vols);
@@ -127,7 +134,10 @@ impl<'a> Served<'a> {
     }
 
     fn backers(&self, dev: DevNum) -> BTreeSet<PodUid> {
-        self.by_device.get(&dev).map(|s| s.iter().map(|u| (*u).clone()).collect()).unwrap_or_default()
+        self.by_device
+            .get(&dev)
+            .map(|s| s.iter().map(|u| (*u).clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -137,13 +147,18 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     let mut launchers: BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>> = BTreeMap::new();
 
     for (uid, disks) in inv.pods() {
-        let PodDisks::Launcher(entries) = disks else { continue };
+        let PodDisks::Launcher(entries) = disks else {
+            continue;
+        };
         launchers.insert(uid, entries);
         for (volume, entry) in entries {
             let (mode, device) = match entry {
                 LauncherEntry::Block(dev) => (VolumeMode::Block, Some(*dev)),
                 LauncherEntry::Image => {
-                    let site = MountSite::LauncherImage { pod: uid.clone(), volume: volume.clone() };
+                    let site = MountSite::LauncherImage {
+                        pod: uid.clone(),
+                        volume: volume.clone(),
+                    };
                     (VolumeMode::Filesystem, inv.mounts().get(&site).copied())
                 }
                 LauncherEntry::Directory => continue,
@@ -155,8 +170,19 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                 Some(_) if backing_pods.is_empty() => VolumeState::Unbacked,
                 Some(_) => VolumeState::Ready,
             };
-            let key = VolumeKey { launcher: uid.clone(), volume: volume.clone() };
-            verdicts.volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods });
+            let key = VolumeKey {
+                launcher: uid.clone(),
+                volume: volume.clone(),
+            };
+            verdicts.volumes.insert(
+                key,
+                VolumeVerdict {
+                    mode,
+                    state,
+                    device,
+                    backing_pods,
+                },
+            );
         }
     }
 
@@ -180,13 +206,20 @@ pub fn judge(inv: &Inventory) -> Verdicts {
 
     // Volumes an attachment pod serves that its launcher does not show yet.
     for (pod, att) in &verdicts.attachment_pods {
-        let Some(launcher) = &att.launcher else { continue };
-        let Some(entries) = launchers.get(launcher) else { continue };
+        let Some(launcher) = &att.launcher else {
+            continue;
+        };
+        let Some(entries) = launchers.get(launcher) else {
+            continue;
+        };
         for volume in served.block_volumes[pod].keys() {
             if entries.contains_key(volume) {
                 continue;
             }
-            let key = VolumeKey { launcher: launcher.clone(), volume: volume.clone() };
+            let key = VolumeKey {
+                launcher: launcher.clone(),
+                volume: volume.clone(),
+            };
             verdicts
                 .volumes
                 .entry(key)
@@ -217,7 +250,8 @@ fn owner(
         return Some(l.clone());
     }
     let by_device = verdicts.volumes.iter().find(|(_, v)| {
-        v.device.is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod)))
+        v.device
+            .is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod)))
     });
     if let Some((key, _)) = by_device {
         return Some(key.launcher.clone());
@@ -266,15 +300,34 @@ pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
         let (from, to) = (a.map(|v| v.state), b.map(|v| v.state));
         if from != to {
             let device = b.or(a).and_then(|v| v.device);
-            out.volumes.push(VolumeTransition { key: key.clone(), from, to, device });
+            out.volumes.push(VolumeTransition {
+                key: key.clone(),
+                from,
+                to,
+                device,
+            });
         }
     }
-    let pods: BTreeSet<&PodUid> = old.attachment_pods.keys().chain(new.attachment_pods.keys()).collect();
+    let pods: BTreeSet<&PodUid> = old
+        .attachment_pods
+        .keys()
+        .chain(new.attachment_pods.keys())
+        .collect();
     for pod in pods {
-        let from = old.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
-        let to = new.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
+        let from = old
+            .attachment_pods
+            .get(pod)
+            .map(AttachmentVerdict::handoff_safe);
+        let to = new
+            .attachment_pods
+            .get(pod)
+            .map(AttachmentVerdict::handoff_safe);
         if from != to {
-            out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
+            out.handoffs.push(HandoffTransition {
+                pod: pod.clone(),
+                from,
+                to,
+            });
         }
     }
     out

@@ -36,13 +36,23 @@ pub fn spawn(
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let inotify = Inotify::init()?;
     let (layout, sysfs) = (paths.layout(), paths.sysfs.clone());
-    std::thread::Builder::new().name("inotify".into()).spawn(move || {
-        let _guard = hb.guard();
-        let mut watcher = TreeWatcher { inotify, layout, sysfs, watched: HashMap::new(), tx, clock, hb };
-        if let Err(e) = watcher.run() {
-            tracing::error!(error = %e, "inotify source stopped");
-        }
-    })
+    std::thread::Builder::new()
+        .name("inotify".into())
+        .spawn(move || {
+            let _guard = hb.guard();
+            let mut watcher = TreeWatcher {
+                inotify,
+                layout,
+                sysfs,
+                watched: HashMap::new(),
+                tx,
+                clock,
+                hb,
+            };
+            if let Err(e) = watcher.run() {
+                tracing::error!(error = %e, "inotify source stopped");
+            }
+        })
 }
 
 struct TreeWatcher {
@@ -75,7 +85,10 @@ impl TreeWatcher {
         loop {
             self.wait_for_root();
             self.watch_everything();
-            if self.send(Message::Rescan(RescanReason::WatchesReady)).is_err() {
+            if self
+                .send(Message::Rescan(RescanReason::WatchesReady))
+                .is_err()
+            {
                 return Ok(());
             }
             match self.follow(&mut buffer)? {
@@ -140,7 +153,9 @@ impl TreeWatcher {
             }
         }
         // Volume directories inside hotplug-disks: an attachment pod's `<volume>/<pvcUID>`.
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 self.watch(&entry.path(), uid);
@@ -156,7 +171,14 @@ impl TreeWatcher {
             }
             // Absent is normal (not a hotplug pod, or it went away); a symlink or a file
             // gives ENOTDIR because of DONT_FOLLOW|ONLYDIR; the scan reports those.
-            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ENOTDIR)) => false,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::ENOENT | nix::libc::ENOTDIR)
+                ) =>
+            {
+                false
+            }
             Err(e) => {
                 // ENOSPC: out of watches (fs.inotify.max_user_watches). Periodic rescans
                 // still see the pod; say so, do not stop.
@@ -190,7 +212,9 @@ impl TreeWatcher {
                 }
                 match watched {
                     Some(Watched::Root) => {
-                        if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+                        if ev.mask.intersects(
+                            EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
+                        ) {
                             root_gone = true;
                         } else if let Some(name) = ev.name.and_then(|n| n.to_str()) {
                             dirty.insert(name.to_string());
@@ -210,9 +234,14 @@ impl TreeWatcher {
                 return Ok(None);
             }
             if overflow {
-                tracing::warn!("inotify queue overflowed; events were lost, re-watching and rescanning");
+                tracing::warn!(
+                    "inotify queue overflowed; events were lost, re-watching and rescanning"
+                );
                 self.watch_everything();
-                if self.send(Message::Rescan(RescanReason::InotifyOverflow)).is_err() {
+                if self
+                    .send(Message::Rescan(RescanReason::InotifyOverflow))
+                    .is_err()
+                {
                     return Ok(Some(Hangup));
                 }
                 continue;
@@ -222,9 +251,22 @@ impl TreeWatcher {
                 self.watch_pod(&uid);
                 let seq = self.clock.next();
                 let scan = self.layout.scan_pod(&uid);
-                let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
-                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks });
-                let msg = Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped };
+                let mut obs = sysfs::observe_devices(
+                    &self.sysfs,
+                    seq,
+                    scan.disks.iter().flat_map(PodDisks::devices),
+                );
+                obs.push(Observation::Pod {
+                    seq,
+                    uid: scan.uid,
+                    disks: scan.disks,
+                });
+                let msg = Message::Observed {
+                    obs,
+                    source: SourceKind::Inotify,
+                    received,
+                    skipped: scan.skipped,
+                };
                 if self.send(msg).is_err() {
                     return Ok(Some(Hangup));
                 }
@@ -242,4 +284,3 @@ impl TreeWatcher {
         self.tx.send(msg).map_err(|_| Hangup)
     }
 }
-

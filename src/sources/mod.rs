@@ -88,7 +88,12 @@ impl SourceKind {
 pub enum Message {
     /// Observations made by one read, applied together: a pod read carries the presence
     /// of the devices its nodes point at, so the engine never judges one without the other.
-    Observed { obs: Vec<Observation>, source: SourceKind, received: Instant, skipped: Vec<Skipped> },
+    Observed {
+        obs: Vec<Observation>,
+        source: SourceKind,
+        received: Instant,
+        skipped: Vec<Skipped>,
+    },
     Rescan(RescanReason),
 }
 
@@ -108,9 +113,15 @@ pub enum ReadError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("cannot list block devices in {path}: {source}")]
-    Sysfs { path: PathBuf, source: std::io::Error },
+    Sysfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read mount table {path}: {source}")]
-    Mountinfo { path: PathBuf, source: std::io::Error },
+    Mountinfo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table.
@@ -125,9 +136,25 @@ pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
             pods.insert(uid, disks);
         }
     }
-    let devices = sysfs::list_block_devices(&paths.sysfs)
-        .map_err(|source| ReadError::Sysfs { path: paths.sysfs.clone(), source })?;
-    let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
-        .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
-    Ok(NodeRead { scan: FullScan { seq, pods, devices, mounts }, skipped, malformed_mount_lines })
+    let devices = sysfs::list_block_devices(&paths.sysfs).map_err(|source| ReadError::Sysfs {
+        path: paths.sysfs.clone(),
+        source,
+    })?;
+    let (mounts, malformed_mount_lines) =
+        mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root).map_err(|source| {
+            ReadError::Mountinfo {
+                path: paths.mountinfo.clone(),
+                source,
+            }
+        })?;
+    Ok(NodeRead {
+        scan: FullScan {
+            seq,
+            pods,
+            devices,
+            mounts,
+        },
+        skipped,
+        malformed_mount_lines,
+    })
 }
