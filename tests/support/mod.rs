@@ -287,8 +287,19 @@ pub fn mkfs_ext4(device: &Path) {
 
 // ---------------------------------------------------------------- the agent
 
+/// The agent binary: Cargo names it for integration tests; an example (the demo) finds
+/// it next to its own directory, `target/<profile>/examples/..`.
 pub fn agent_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hotplug-watchdog"))
+    match option_env!("CARGO_BIN_EXE_hotplug-watchdog") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .join("hotplug-watchdog")
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -315,7 +326,8 @@ impl Agent {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(agent_binary())
-            .args(["run", "--standalone", "--log-level", "debug", "--listen"])
+            .env("HOTPLUG_WATCHDOG_LOG_LEVEL", "debug")
+            .args(["run", "--standalone", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--kubelet-root")
             .arg(kubelet_root)
@@ -326,7 +338,7 @@ impl Agent {
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("start agent");
-        let agent = Agent {
+        let mut agent = Agent {
             child: Some(child),
             port,
             log,
@@ -335,11 +347,17 @@ impl Agent {
         agent
     }
 
-    fn wait_http(&self) {
+    fn wait_http(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.try_get("/healthz").is_some() {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "agent exited ({status}) before serving HTTP; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -135,6 +135,7 @@ API="https://127.0.0.1:$API_PORT"
   --secure-port="$API_PORT" \
   --bind-address=127.0.0.1 \
   --advertise-address=127.0.0.1 \
+  --endpoint-reconciler-type=none \
   --service-cluster-ip-range=10.0.0.0/24 \
   --allow-privileged=true \
   --authorization-mode=RBAC \
@@ -182,9 +183,10 @@ log "customresourcedefinition $CRD_NAME is Established"
 
 # Discovery: served at kubevirt.io/v1, and (as in KubeVirt) without a status subresource.
 start=$SECONDS
-until kcurl -f "$API/apis/kubevirt.io/v1" 2>/dev/null >"$WORK/discovery.json" \
+# (the apiserver pretty-prints JSON for curl's User-Agent: strip the whitespace first)
+until kcurl -f "$API/apis/kubevirt.io/v1" 2>/dev/null | tr -d ' \n' >"$WORK/discovery.json" \
       && grep -q '"name":"virtualmachineinstances"' "$WORK/discovery.json"; do
-  (( SECONDS - start < 30 )) || die "kubevirt.io/v1 discovery has no virtualmachineinstances"
+  (( SECONDS - start < 30 )) || die "kubevirt.io/v1 discovery has no virtualmachineinstances: $(cat "$WORK/discovery.json" 2>/dev/null)"
   sleep 0.5
 done
 if grep -q '"name":"virtualmachineinstances/status"' "$WORK/discovery.json"; then
