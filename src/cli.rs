@@ -55,10 +55,11 @@ impl NodeArgs {
     pub fn paths(&self) -> NodePaths {
         NodePaths {
             kubelet_root: self.kubelet_root.clone(),
-            mountinfo_kubelet_root: self
-                .mountinfo_kubelet_root
-                .clone()
-                .unwrap_or_else(|| self.kubelet_root.clone()),
+            // The mount table names paths with symlinks resolved, as the kernel sees them.
+            mountinfo_kubelet_root: self.mountinfo_kubelet_root.clone().unwrap_or_else(|| {
+                std::fs::canonicalize(&self.kubelet_root)
+                    .unwrap_or_else(|_| self.kubelet_root.clone())
+            }),
             sysfs: self.sysfs.clone(),
             mountinfo: self.mountinfo.clone(),
         }

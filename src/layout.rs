@@ -172,7 +172,7 @@ impl KubeletLayout {
 
     /// The pod directories under the root. Names that are not UTF-8 cannot be pod UIDs.
     pub fn list_pods(&self) -> Result<(Vec<PodUid>, Vec<Skipped>), LayoutError> {
-        let root = open_dir(None, &self.root).map_err(|errno| match errno {
+        let root = open_root(&self.root).map_err(|errno| match errno {
             Errno::ENOENT => LayoutError::RootMissing(self.root.clone()),
             errno => LayoutError::RootUnreadable {
                 path: self.root.clone(),
@@ -223,13 +223,13 @@ impl KubeletLayout {
         };
         // Walk down one component at a time so that no component can be a symlink.
         let mut path = self.root.clone();
-        let mut fd = match open_dir(None, &self.root) {
+        let mut fd = match open_root(&self.root) {
             Ok(fd) => fd,
             Err(_) => return scan,
         };
         for component in std::iter::once(uid).chain(HOTPLUG_SUBPATH) {
             path.push(component);
-            fd = match open_dir(Some(&fd), Path::new(component)) {
+            fd = match open_dir(&fd, Path::new(component)) {
                 Ok(next) => next,
                 Err(errno) => {
                     if let Some(reason) = open_failure_reason(&fd, component, errno) {
@@ -380,10 +380,7 @@ impl<'a> HotplugDirReader<'a> {
     /// `<volume>/`: in an attachment pod it holds `<pvcUID>`, a block node; in a launcher
     /// it is a utility volume whose contents are not ours to judge.
     fn volume_dir(&mut self, dir: &OwnedFd, name: &CStr, volume: &str, path: PathBuf) {
-        let sub = match open_dir(
-            Some(dir),
-            Path::new(std::ffi::OsStr::from_bytes(name.to_bytes())),
-        ) {
+        let sub = match open_dir(dir, Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()))) {
             Ok(fd) => fd,
             Err(errno) => {
                 if let Some(reason) = open_failure_reason(dir, name, errno) {
@@ -422,14 +419,20 @@ fn file_kind(mode: u32) -> SFlag {
     SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits())
 }
 
-/// Opens a directory without following a symlink at its last component; relative to
-/// `parent` when given.
-fn open_dir(parent: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
+/// The configured root is the operator's word: a symlink in it (`/var/lib/kubelet` on
+/// another disk is common) is followed. Below it, nothing is.
+fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens `name` in `parent` as a directory, refusing a symlink.
+fn open_dir(parent: &OwnedFd, name: &Path) -> Result<OwnedFd, Errno> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match parent {
-        Some(fd) => nix::fcntl::openat(fd.as_fd(), path, flags, Mode::empty()),
-        None => nix::fcntl::open(path, flags, Mode::empty()),
-    }
+    nix::fcntl::openat(parent.as_fd(), name, flags, Mode::empty())
 }
 
 /// How a failed open of `name` in `parent` is reported: absence is normal (the pod has no

@@ -142,3 +142,23 @@ fn filesystem_volume_whose_device_is_gone_is_vanished() {
     agent.wait_ready();
     agent.wait_volume(L, "data", Some("vanished"));
 }
+
+#[test]
+fn kubelet_root_behind_a_symlink_is_followed_and_matched_in_the_mount_table() {
+    if !require_root("kubelet_root_behind_a_symlink_is_followed_and_matched_in_the_mount_table") {
+        return;
+    }
+    // /var/lib/kubelet on another disk through a symlink is common. The configured root
+    // is followed; the mount table names the resolved path.
+    let tree = KubeletTree::new();
+    tree.attachment(A);
+    let link_dir = tempfile::tempdir().unwrap();
+    let link = link_dir.path().join("pods");
+    std::os::unix::fs::symlink(&tree.root, &link).unwrap();
+    let agent = Agent::start(&link, &["--rescan-interval", "1h"]);
+    agent.wait_ready();
+    let _vol = set_up(&tree, "data");
+    agent.wait_volume(L, "data", Some("ready"));
+    let report = scan_json(&link, std::path::Path::new("/proc/self/mountinfo"));
+    assert_eq!(volume_state(&report, L, "data").as_deref(), Some("ready"));
+}

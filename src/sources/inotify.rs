@@ -109,7 +109,12 @@ impl TreeWatcher {
         let mut delay = Duration::from_millis(100);
         let mut said = false;
         loop {
-            match self.inotify.watches().add(self.layout.root(), mask()) {
+            // The configured root may be a symlink: follow it, as the layout does.
+            match self
+                .inotify
+                .watches()
+                .add(self.layout.root(), mask() - WatchMask::DONT_FOLLOW)
+            {
                 Ok(wd) => {
                     self.watched.insert(wd, Watched::Root);
                     if said {
