@@ -180,8 +180,8 @@ impl Engine {
         for reason in self.skipped.values() {
             *counts.entry(reason.metric_label()).or_default() += 1;
         }
-        self.metrics.skipped_entries.clear();
-        for (reason, n) in counts {
+        for reason in SkipReason::METRIC_LABELS {
+            let n = counts.get(reason).copied().unwrap_or(0);
             self.metrics
                 .skipped_entries
                 .get_or_create(&ReasonLabel { reason })

@@ -112,6 +112,19 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every value of [`SkipReason::metric_label`].
+    pub const METRIC_LABELS: [&'static str; 9] = [
+        "symlink",
+        "non_utf8_name",
+        "special_file",
+        "unexpected_file",
+        "not_a_directory",
+        "extra_block_node",
+        "duplicate_volume",
+        "unexpected_in_attachment_pod",
+        "unreadable",
+    ];
+
     /// Bounded label value for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

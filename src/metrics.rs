@@ -14,8 +14,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::layout::PodUid;
+use crate::layout::{PodUid, SkipReason};
 use crate::report::PodNames;
+use crate::sources::{RescanReason, SourceKind};
 use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
 pub const PREFIX: &str = "hotplug_watchdog";
@@ -162,6 +163,29 @@ impl Metrics {
             scan_duration.clone(),
         );
         registry.register_collector(Box::new(VerdictGauges(published)));
+        // Every bounded series exists from the start, at zero: rate() and alerts need no
+        // "absent" special case.
+        for state in VolumeState::ALL {
+            transitions_total.get_or_create(&StateLabel {
+                state: state.as_str(),
+            });
+            detection_latency.get_or_create(&StateLabel {
+                state: state.as_str(),
+            });
+        }
+        for reason in RescanReason::ALL {
+            rescans_total.get_or_create(&ReasonLabel {
+                reason: reason.metric_label(),
+            });
+        }
+        for source in SourceKind::ALL {
+            source_events_total.get_or_create(&SourceLabel {
+                source: source.metric_label(),
+            });
+        }
+        for reason in SkipReason::METRIC_LABELS {
+            skipped_entries.get_or_create(&ReasonLabel { reason });
+        }
         Metrics {
             registry,
             vanished_total,

@@ -55,6 +55,14 @@ pub enum RescanReason {
 }
 
 impl RescanReason {
+    pub const ALL: [RescanReason; 5] = [
+        RescanReason::WatchesReady,
+        RescanReason::Periodic,
+        RescanReason::InotifyOverflow,
+        RescanReason::UeventOverflow,
+        RescanReason::RootGone,
+    ];
+
     pub fn metric_label(self) -> &'static str {
         match self {
             RescanReason::WatchesReady => "watches_ready",
@@ -74,6 +82,12 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    pub const ALL: [SourceKind; 3] = [
+        SourceKind::Inotify,
+        SourceKind::Uevent,
+        SourceKind::Mountinfo,
+    ];
+
     pub fn metric_label(self) -> &'static str {
         match self {
             SourceKind::Inotify => "inotify",
