@@ -165,26 +165,26 @@ impl Metrics {
         registry.register_collector(Box::new(VerdictGauges(published)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
-        for state in VolumeState::ALL {
-            transitions_total.get_or_create(&StateLabel {
-                state: state.as_str(),
-            });
-            detection_latency.get_or_create(&StateLabel {
-                state: state.as_str(),
-            });
+        for state in VolumeState::ALL.map(VolumeState::as_str) {
+            transitions_total
+                .get_or_create(&StateLabel { state })
+                .inc_by(0);
+            drop(detection_latency.get_or_create(&StateLabel { state }));
         }
-        for reason in RescanReason::ALL {
-            rescans_total.get_or_create(&ReasonLabel {
-                reason: reason.metric_label(),
-            });
+        for reason in RescanReason::ALL.map(RescanReason::metric_label) {
+            rescans_total
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
         }
-        for source in SourceKind::ALL {
-            source_events_total.get_or_create(&SourceLabel {
-                source: source.metric_label(),
-            });
+        for source in SourceKind::ALL.map(SourceKind::metric_label) {
+            source_events_total
+                .get_or_create(&SourceLabel { source })
+                .inc_by(0);
         }
         for reason in SkipReason::METRIC_LABELS {
-            skipped_entries.get_or_create(&ReasonLabel { reason });
+            skipped_entries
+                .get_or_create(&ReasonLabel { reason })
+                .set(0);
         }
         Metrics {
             registry,
