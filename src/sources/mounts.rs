@@ -75,6 +75,14 @@ fn follow(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+        // /proc/<pid>/mountinfo reports a change as POLLPRI|POLLERR. Anything else (a
+        // FIFO's hang-up, say) would wake us forever: not a mount table; give up loudly.
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !revents.intersects(PollFlags::POLLPRI | PollFlags::POLLERR) {
+            return Err(io::Error::other(format!(
+                "cannot follow the mount table: poll answered {revents:?}, not POLLPRI"
+            )));
+        }
         hb.busy();
         let received = Instant::now();
         let seq = clock.next();
