@@ -16,19 +16,20 @@ use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock};
 use crate::verdict::{judge, transitions, Transitions, Verdicts, VolumeKey, VolumeState};
 
 pub struct Engine {
-    pub paths: NodePaths,
-    pub clock: Arc<SeqClock>,
-    pub metrics: Arc<Metrics>,
-    pub published: SharedPublished,
-    pub health: Arc<Health>,
-    pub rescan_interval: Duration,
+    paths: NodePaths,
+    clock: Arc<SeqClock>,
+    metrics: Arc<Metrics>,
+    published: SharedPublished,
+    health: Arc<Health>,
+    rescan_interval: Duration,
     inventory: Inventory,
     verdicts: Verdicts,
     /// Entries passed over, by path: replaced per pod on each read, wholly on a rescan,
     /// so that a bad entry is logged once, not at every rescan.
     skipped: BTreeMap<PathBuf, SkipReason>,
+    skipped_changed: bool,
     pending_since: HashMap<VolumeKey, Instant>,
-    root_missing_said: bool,
+    scan_failure_logged: bool,
 }
 
 impl Engine {
@@ -50,8 +51,9 @@ impl Engine {
             inventory: Inventory::default(),
             verdicts: Verdicts::default(),
             skipped: BTreeMap::new(),
+            skipped_changed: false,
             pending_since: HashMap::new(),
-            root_missing_said: false,
+            scan_failure_logged: false,
         }
     }
 
@@ -96,13 +98,8 @@ impl Engine {
                             self.inventory.apply(obs);
                         }
                     }
+                    // Several requests in one batch make one rescan.
                     Message::Rescan(reason) => {
-                        self.metrics
-                            .rescans_total
-                            .get_or_create(&ReasonLabel {
-                                reason: reason.metric_label(),
-                            })
-                            .inc();
                         rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
                     }
                 }
@@ -121,6 +118,12 @@ impl Engine {
 
     /// Reads the whole node; `false` when it could not.
     fn rescan(&mut self, reason: RescanReason) -> bool {
+        self.metrics
+            .rescans_total
+            .get_or_create(&ReasonLabel {
+                reason: reason.metric_label(),
+            })
+            .inc();
         let started = Instant::now();
         let seq = self.clock.next();
         match read_node(&self.paths, seq) {
@@ -139,14 +142,14 @@ impl Engine {
                 if !self.health.is_ready() {
                     tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), "first full scan done; ready");
                 }
-                self.root_missing_said = false;
+                self.scan_failure_logged = false;
                 true
             }
             Err(e) => {
                 // Keep the last picture: a rescan that could not read proves nothing.
-                if !self.root_missing_said {
+                if !self.scan_failure_logged {
                     tracing::error!(error = %e, reason = reason.metric_label(), "full rescan failed; keeping the last verdicts and not ready");
-                    self.root_missing_said = true;
+                    self.scan_failure_logged = true;
                 }
                 false
             }
@@ -170,11 +173,20 @@ impl Engine {
             }
             None => std::mem::take(&mut self.skipped),
         };
+        // Over-approximate: anything replaced means a recount at the end of the batch.
+        self.skipped_changed |= !old.is_empty() || !fresh.is_empty();
         for s in fresh {
             if old.get(&s.path) != Some(&s.reason) {
                 tracing::warn!(path = %s.path.display(), reason = %s.reason, "skipping entry that does not fit the hotplug layout");
             }
             self.skipped.insert(s.path, s.reason);
+        }
+    }
+
+    /// Counts and lists the skipped entries for readers, once per batch.
+    fn publish_skipped(&mut self) {
+        if !std::mem::take(&mut self.skipped_changed) {
+            return;
         }
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
         for reason in self.skipped.values() {
@@ -201,11 +213,12 @@ impl Engine {
     }
 
     fn publish(&mut self, earliest: Instant) {
+        self.publish_skipped();
         let new = judge(&self.inventory);
-        let changes = transitions(&self.verdicts, &new);
-        if changes.is_empty() {
+        if new == self.verdicts {
             return;
         }
+        let changes = transitions(&self.verdicts, &new);
         self.published
             .write()
             .unwrap_or_else(|e| e.into_inner())
