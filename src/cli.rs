@@ -43,11 +43,7 @@ pub struct NodeArgs {
     #[arg(long, env = "HOTPLUG_WATCHDOG_SYSFS", default_value = "/sys")]
     pub sysfs: PathBuf,
     /// The mount table of the host's mount namespace (needs hostPID in a pod).
-    #[arg(
-        long,
-        env = "HOTPLUG_WATCHDOG_MOUNTINFO",
-        default_value = "/proc/1/mountinfo"
-    )]
+    #[arg(long, env = "HOTPLUG_WATCHDOG_MOUNTINFO", default_value = "/proc/1/mountinfo")]
     pub mountinfo: PathBuf,
 }
 
@@ -57,8 +53,7 @@ impl NodeArgs {
             kubelet_root: self.kubelet_root.clone(),
             // The mount table names paths with symlinks resolved, as the kernel sees them.
             mountinfo_kubelet_root: self.mountinfo_kubelet_root.clone().unwrap_or_else(|| {
-                std::fs::canonicalize(&self.kubelet_root)
-                    .unwrap_or_else(|_| self.kubelet_root.clone())
+                std::fs::canonicalize(&self.kubelet_root).unwrap_or_else(|_| self.kubelet_root.clone())
             }),
             sysfs: self.sysfs.clone(),
             mountinfo: self.mountinfo.clone(),
@@ -100,12 +95,7 @@ pub struct RunArgs {
     #[arg(long, env = "HOTPLUG_WATCHDOG_RESCAN_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub rescan_interval: Duration,
     /// Where block uevents come from.
-    #[arg(
-        long,
-        env = "HOTPLUG_WATCHDOG_UEVENT_SOURCE",
-        value_enum,
-        default_value = "kernel"
-    )]
+    #[arg(long, env = "HOTPLUG_WATCHDOG_UEVENT_SOURCE", value_enum, default_value = "kernel")]
     pub uevent_source: UeventSource,
     /// Receive buffer of the uevent socket in bytes (default: the kernel's).
     #[arg(long, env = "HOTPLUG_WATCHDOG_UEVENT_BUFFER_BYTES")]
@@ -113,12 +103,7 @@ pub struct RunArgs {
     /// /healthz fails when a loop has been busy with one batch for longer than this.
     #[arg(long, env = "HOTPLUG_WATCHDOG_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
-    #[arg(
-        long,
-        env = "HOTPLUG_WATCHDOG_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, env = "HOTPLUG_WATCHDOG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// A tracing filter: info, debug, hotplug_watchdog=debug, ...
     #[arg(long, env = "HOTPLUG_WATCHDOG_LOG_LEVEL", default_value = "info")]
@@ -130,9 +115,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 500ms"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 500ms"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),

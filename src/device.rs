@@ -17,10 +17,7 @@ impl DevNum {
 
     /// From a `st_rdev` / `st_dev` value.
     pub fn from_raw(raw: u64) -> Self {
-        DevNum {
-            major: nix::sys::stat::major(raw) as u32,
-            minor: nix::sys::stat::minor(raw) as u32,
-        }
+        DevNum { major: nix::sys::stat::major(raw) as u32, minor: nix::sys::stat::minor(raw) as u32 }
     }
 
     /// Major 0 is the kernel's "anonymous" block device, used by filesystems with no disk
@@ -50,10 +47,7 @@ impl FromStr for DevNum {
         if !digits(major) || !digits(minor) {
             return Err(bad());
         }
-        Ok(DevNum {
-            major: major.parse().map_err(|_| bad())?,
-            minor: minor.parse().map_err(|_| bad())?,
-        })
+        Ok(DevNum { major: major.parse().map_err(|_| bad())?, minor: minor.parse().map_err(|_| bad())? })
     }
 }
 
@@ -72,17 +66,7 @@ mod tests {
         let d: DevNum = "7:12".parse().unwrap();
         assert_eq!(d, DevNum::new(7, 12));
         assert_eq!(d.to_string(), "7:12");
-        for bad in [
-            "",
-            "7",
-            "7:",
-            ":1",
-            "a:1",
-            "7:1:2",
-            "-1:2",
-            "7: 1",
-            "99999999999:1",
-        ] {
+        for bad in ["", "7", "7:", ":1", "a:1", "7:1:2", "-1:2", "7: 1", "99999999999:1"] {
             assert!(bad.parse::<DevNum>().is_err(), "{bad:?} parsed");
         }
     }

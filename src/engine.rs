@@ -63,8 +63,7 @@ impl Engine {
         let mut next_rescan = Instant::now() + self.rescan_interval;
         loop {
             hb.idle();
-            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now()))
-            {
+            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => Message::Rescan(RescanReason::Periodic),
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -77,18 +76,11 @@ impl Engine {
             let mut earliest = Instant::now();
             for msg in batch {
                 match msg {
-                    Message::Observed {
-                        obs,
-                        source,
-                        received,
-                        mut skipped,
-                    } => {
+                    Message::Observed { obs, source, received, mut skipped } => {
                         earliest = earliest.min(received);
                         self.metrics
                             .source_events_total
-                            .get_or_create(&SourceLabel {
-                                source: source.metric_label(),
-                            })
+                            .get_or_create(&SourceLabel { source: source.metric_label() })
                             .inc();
                         for obs in obs {
                             if let Observation::Pod { uid, .. } = &obs {
@@ -118,19 +110,12 @@ impl Engine {
 
     /// Reads the whole node; `false` when it could not.
     fn rescan(&mut self, reason: RescanReason) -> bool {
-        self.metrics
-            .rescans_total
-            .get_or_create(&ReasonLabel {
-                reason: reason.metric_label(),
-            })
-            .inc();
+        self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();
         let started = Instant::now();
         let seq = self.clock.next();
         match read_node(&self.paths, seq) {
             Ok(read) => {
-                self.metrics
-                    .scan_duration
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.scan_duration.observe(started.elapsed().as_secs_f64());
                 if read.malformed_mount_lines > 0 {
                     tracing::warn!(
                         lines = read.malformed_mount_lines,
@@ -166,10 +151,7 @@ impl Engine {
                     .take_while(|(p, _)| p.starts_with(dir))
                     .map(|(p, _)| p.clone())
                     .collect();
-                under
-                    .into_iter()
-                    .filter_map(|p| self.skipped.remove_entry(&p))
-                    .collect()
+                under.into_iter().filter_map(|p| self.skipped.remove_entry(&p)).collect()
             }
             None => std::mem::take(&mut self.skipped),
         };
@@ -194,22 +176,10 @@ impl Engine {
         }
         for reason in SkipReason::METRIC_LABELS {
             let n = counts.get(reason).copied().unwrap_or(0);
-            self.metrics
-                .skipped_entries
-                .get_or_create(&ReasonLabel { reason })
-                .set(n);
+            self.metrics.skipped_entries.get_or_create(&ReasonLabel { reason }).set(n);
         }
-        self.published
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .skipped = self
-            .skipped
-            .iter()
-            .map(|(path, reason)| Skipped {
-                path: path.clone(),
-                reason: *reason,
-            })
-            .collect();
+        self.published.write().unwrap_or_else(|e| e.into_inner()).skipped =
+            self.skipped.iter().map(|(path, reason)| Skipped { path: path.clone(), reason: *reason }).collect();
     }
 
     fn publish(&mut self, earliest: Instant) {
@@ -219,28 +189,16 @@ impl Engine {
             return;
         }
         let changes = transitions(&self.verdicts, &new);
-        self.published
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .verdicts = new.clone();
+        self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, latency);
         self.verdicts = new;
     }
 
     fn record(&mut self, changes: &Transitions, latency: f64) {
-        let labels = |key: &VolumeKey| {
-            self.published
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .volume_labels(key)
-        };
+        let labels = |key: &VolumeKey| self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(key);
         for t in &changes.volumes {
-            let (k, from, to) = (
-                &t.key,
-                t.from.map(VolumeState::as_str),
-                t.to.map(VolumeState::as_str),
-            );
+            let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
             let device = t.device.map(|d| d.to_string());
             match t.to {
                 Some(VolumeState::Vanished) | Some(VolumeState::Unbacked) => {
@@ -254,32 +212,18 @@ impl Engine {
                 self.pending_since.remove(k);
                 continue;
             };
-            self.metrics
-                .transitions_total
-                .get_or_create(&StateLabel {
-                    state: state.as_str(),
-                })
-                .inc();
-            self.metrics
-                .detection_latency
-                .get_or_create(&StateLabel {
-                    state: state.as_str(),
-                })
-                .observe(latency);
+            self.metrics.transitions_total.get_or_create(&StateLabel { state: state.as_str() }).inc();
+            self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
             match state {
                 VolumeState::Vanished => {
                     self.metrics.vanished_total.get_or_create(&labels(k)).inc();
                 }
                 VolumeState::Pending => {
-                    self.pending_since
-                        .entry(k.clone())
-                        .or_insert_with(Instant::now);
+                    self.pending_since.entry(k.clone()).or_insert_with(Instant::now);
                 }
                 VolumeState::Ready => {
                     if let Some(since) = self.pending_since.remove(k) {
-                        self.metrics
-                            .time_to_ready
-                            .observe(since.elapsed().as_secs_f64());
+                        self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
                     }
                 }
                 VolumeState::Unbacked => {}
@@ -302,12 +246,7 @@ impl Engine {
         p.verdicts
             .attachment_pods
             .get(pod)
-            .map(|a| {
-                a.sole_backer_of
-                    .iter()
-                    .map(|k| format!("{}/{}", k.launcher, k.volume))
-                    .collect()
-            })
+            .map(|a| a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect())
             .unwrap_or_default()
     }
 }

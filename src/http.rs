@@ -36,10 +36,7 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Exposition::from_accept(accept);
-    (
-        [(header::CONTENT_TYPE, format.content_type())],
-        s.metrics.encode(format),
-    )
+    ([(header::CONTENT_TYPE, format.content_type())], s.metrics.encode(format))
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
@@ -53,20 +50,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no full scan of the node yet\n",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no full scan of the node yet\n")
     }
 }
 
 async fn scan(State(s): State<AppState>) -> impl IntoResponse {
     let p = s.published.read().unwrap_or_else(|e| e.into_inner());
     let report = Report::new(&p.verdicts, &p.names, &p.skipped);
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        report.to_json(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], report.to_json())
 }
 
 pub async fn serve(
@@ -74,9 +65,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

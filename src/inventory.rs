@@ -21,30 +21,15 @@ pub type Seq = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
     /// One pod directory, read whole. `None`: no hotplug-disks directory (or no pod).
-    Pod {
-        seq: Seq,
-        uid: PodUid,
-        disks: Option<PodDisks>,
-    },
+    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks> },
     /// A block device appeared in or left `/sys/dev/block` (a uevent).
-    Device {
-        seq: Seq,
-        device: DevNum,
-        present: bool,
-    },
+    Device { seq: Seq, device: DevNum, present: bool },
     /// The mount table, read whole; only mounts inside the kubelet tree.
-    Mounts {
-        seq: Seq,
-        mounts: BTreeMap<MountSite, DevNum>,
-    },
+    Mounts { seq: Seq, mounts: BTreeMap<MountSite, DevNum> },
     /// Everything, read from scratch.
     FullScan(FullScan),
-    /// Cluster mode knows which launcher pod owns an attachment pod (controller
-    /// ownerReference); `None` forgets it.
-    Owner {
-        attachment: PodUid,
-        launcher: Option<PodUid>,
-    },
+    /// What the API server says (cluster mode), replacing what it said before.
+    Cluster(ClusterFacts),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,6 +41,15 @@ pub struct FullScan {
     pub mounts: BTreeMap<MountSite, DevNum>,
 }
 
+/// The API server's part of the picture.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// Attachment pod -> the launcher pod it serves (controller ownerReference).
+    pub owners: BTreeMap<PodUid, PodUid>,
+    /// Launcher pod -> volume names in its VMI's spec, where the VMI is known.
+    pub spec_volumes: BTreeMap<PodUid, BTreeSet<String>>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Latest read of each pod; `None` records that a pod has no hotplug directory so that
@@ -63,7 +57,7 @@ pub struct Inventory {
     pods: BTreeMap<PodUid, (Seq, Option<PodDisks>)>,
     devices: BTreeMap<DevNum, (Seq, bool)>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),
-    owners: BTreeMap<PodUid, PodUid>,
+    cluster: ClusterFacts,
     /// `Seq` of the latest full scan applied; 0 before the first.
     watermark: Seq,
 }
@@ -76,11 +70,7 @@ impl Inventory {
                     lww(&mut self.pods, uid, seq, disks);
                 }
             }
-            Observation::Device {
-                seq,
-                device,
-                present,
-            } => {
+            Observation::Device { seq, device, present } => {
                 if seq >= self.watermark {
                     lww(&mut self.devices, device, seq, present);
                 }
@@ -91,17 +81,8 @@ impl Inventory {
                 }
             }
             Observation::FullScan(scan) => self.apply_full_scan(scan),
-            Observation::Owner {
-                attachment,
-                launcher,
-            } => match launcher {
-                Some(l) => {
-                    self.owners.insert(attachment, l);
-                }
-                None => {
-                    self.owners.remove(&attachment);
-                }
-            },
+            // The watches deliver whole, consistent stores: nothing to order.
+            Observation::Cluster(facts) => self.cluster = facts,
         }
     }
 
@@ -130,9 +111,7 @@ impl Inventory {
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&PodUid, &PodDisks)> {
-        self.pods
-            .iter()
-            .filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
+        self.pods.iter().filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
     }
 
     /// Present unless a scan or uevent said otherwise. Anonymous devices (major 0, NFS and
@@ -146,7 +125,13 @@ impl Inventory {
     }
 
     pub fn owner_of(&self, attachment: &str) -> Option<&PodUid> {
-        self.owners.get(attachment)
+        self.cluster.owners.get(attachment)
+    }
+
+    /// Whether the launcher's VMI still has this volume in its spec; `None` when unknown
+    /// (standalone mode, or the VMI is not known).
+    pub fn in_spec(&self, launcher: &str, volume: &str) -> Option<bool> {
+        self.cluster.spec_volumes.get(launcher).map(|vols| vols.contains(volume))
     }
 }
 

@@ -178,19 +178,14 @@ impl KubeletLayout {
     }
 
     pub fn hotplug_dir(&self, uid: &str) -> PathBuf {
-        HOTPLUG_SUBPATH
-            .iter()
-            .fold(self.pod_dir(uid), |p, c| p.join(c))
+        HOTPLUG_SUBPATH.iter().fold(self.pod_dir(uid), |p, c| p.join(c))
     }
 
     /// The pod directories under the root. Names that are not UTF-8 cannot be pod UIDs.
     pub fn list_pods(&self) -> Result<(Vec<PodUid>, Vec<Skipped>), LayoutError> {
         let root = open_root(&self.root).map_err(|errno| match errno {
             Errno::ENOENT => LayoutError::RootMissing(self.root.clone()),
-            errno => LayoutError::RootUnreadable {
-                path: self.root.clone(),
-                errno,
-            },
+            errno => LayoutError::RootUnreadable { path: self.root.clone(), errno },
         })?;
         let mut pods = Vec::new();
         let mut skipped = Vec::new();
@@ -199,41 +194,22 @@ impl KubeletLayout {
             match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map(|st| file_kind(st.st_mode)) {
                 Ok(SFlag::S_IFDIR) => match name.to_str() {
                     Ok(uid) => pods.push(uid.to_string()),
-                    Err(_) => skipped.push(Skipped {
-                        path,
-                        reason: SkipReason::NonUtf8Name,
-                    }),
+                    Err(_) => skipped.push(Skipped { path, reason: SkipReason::NonUtf8Name }),
                 },
-                Ok(SFlag::S_IFLNK) => skipped.push(Skipped {
-                    path,
-                    reason: SkipReason::Symlink,
-                }),
-                Ok(_) => skipped.push(Skipped {
-                    path,
-                    reason: SkipReason::NotADirectory,
-                }),
+                Ok(SFlag::S_IFLNK) => skipped.push(Skipped { path, reason: SkipReason::Symlink }),
+                Ok(_) => skipped.push(Skipped { path, reason: SkipReason::NotADirectory }),
                 Err(Errno::ENOENT) => {} // went away while we listed
-                Err(e) => skipped.push(Skipped {
-                    path,
-                    reason: SkipReason::Unreadable(e),
-                }),
+                Err(e) => skipped.push(Skipped { path, reason: SkipReason::Unreadable(e) }),
             }
         })
-        .map_err(|errno| LayoutError::RootUnreadable {
-            path: self.root.clone(),
-            errno,
-        })?;
+        .map_err(|errno| LayoutError::RootUnreadable { path: self.root.clone(), errno })?;
         pods.sort();
         Ok((pods, skipped))
     }
 
     /// Reads one pod's hotplug-disks directory.
     pub fn scan_pod(&self, uid: &str) -> PodScan {
-        let mut scan = PodScan {
-            uid: uid.to_string(),
-            disks: None,
-            skipped: Vec::new(),
-        };
+        let mut scan = PodScan { uid: uid.to_string(), disks: None, skipped: Vec::new() };
         // Walk down one component at a time so that no component can be a symlink.
         let mut path = self.root.clone();
         let mut fd = match open_root(&self.root) {
@@ -254,29 +230,15 @@ impl KubeletLayout {
         }
         let mut reader = HotplugDirReader::new(&path);
         if let Err(errno) = for_each_entry(fd, |dir, name| reader.entry(dir, name)) {
-            scan.skipped.push(Skipped {
-                path,
-                reason: SkipReason::Unreadable(errno),
-            });
+            scan.skipped.push(Skipped { path, reason: SkipReason::Unreadable(errno) });
             return scan;
         }
         scan.skipped.append(&mut reader.skipped);
-        let HotplugDirReader {
-            has_socket,
-            launcher,
-            attachment,
-            ..
-        } = reader;
+        let HotplugDirReader { has_socket, launcher, attachment, .. } = reader;
         scan.disks = Some(if has_socket || !attachment.is_empty() {
             // An attachment pod's directory holds only the socket and volume directories.
-            for (name, _) in launcher
-                .iter()
-                .filter(|(_, e)| **e != LauncherEntry::Directory)
-            {
-                scan.skipped.push(Skipped {
-                    path: path.join(name),
-                    reason: SkipReason::UnexpectedInAttachmentPod,
-                });
+            for (name, _) in launcher.iter().filter(|(_, e)| **e != LauncherEntry::Directory) {
+                scan.skipped.push(Skipped { path: path.join(name), reason: SkipReason::UnexpectedInAttachmentPod });
             }
             PodDisks::Attachment(attachment)
         } else {
@@ -298,20 +260,12 @@ impl KubeletLayout {
             }
         }
         match parts.as_slice() {
-            [pod, v, e, h, file]
-                if [*v, *e, *h] == HOTPLUG_SUBPATH && file.len() > IMAGE_SUFFIX.len() =>
-            {
+            [pod, v, e, h, file] if [*v, *e, *h] == HOTPLUG_SUBPATH && file.len() > IMAGE_SUFFIX.len() => {
                 let volume = file.strip_suffix(IMAGE_SUFFIX)?;
-                Some(MountSite::LauncherImage {
-                    pod: pod.to_string(),
-                    volume: volume.to_string(),
-                })
+                Some(MountSite::LauncherImage { pod: pod.to_string(), volume: volume.to_string() })
             }
             [pod, v, rest @ ..] if *v == HOTPLUG_SUBPATH[0] && !rest.is_empty() => {
-                Some(MountSite::PodVolume {
-                    pod: pod.to_string(),
-                    path: rest.join("/"),
-                })
+                Some(MountSite::PodVolume { pod: pod.to_string(), path: rest.join("/") })
             }
             _ => None,
         }
@@ -343,9 +297,7 @@ impl<'a> HotplugDirReader<'a> {
     }
 
     fn entry(&mut self, dir: &OwnedFd, name: &CStr) {
-        let path = self
-            .dir_path
-            .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let path = self.dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
         let Ok(name_str) = name.to_str() else {
             return self.skip(path, SkipReason::NonUtf8Name);
         };
@@ -355,15 +307,9 @@ impl<'a> HotplugDirReader<'a> {
             Err(e) => return self.skip(path, SkipReason::Unreadable(e)),
         };
         match file_kind(st.st_mode) {
-            SFlag::S_IFBLK => self.add_launcher(
-                path,
-                name_str,
-                LauncherEntry::Block(DevNum::from_raw(st.st_rdev)),
-            ),
+            SFlag::S_IFBLK => self.add_launcher(path, name_str, LauncherEntry::Block(DevNum::from_raw(st.st_rdev))),
             SFlag::S_IFREG => match name_str.strip_suffix(IMAGE_SUFFIX) {
-                Some(volume) if !volume.is_empty() => {
-                    self.add_launcher(path, volume, LauncherEntry::Image)
-                }
+                Some(volume) if !volume.is_empty() => self.add_launcher(path, volume, LauncherEntry::Image),
                 _ => self.skip(path, SkipReason::UnexpectedFile),
             },
             SFlag::S_IFSOCK if name_str == ATTACHMENT_SOCKET => self.has_socket = true,
@@ -435,11 +381,7 @@ fn file_kind(mode: u32) -> SFlag {
 /// The configured root is the operator's word: a symlink in it (`/var/lib/kubelet` on
 /// another disk is common) is followed. Below it, nothing is.
 fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
-    nix::fcntl::open(
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+    nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
 /// Opens `name` in `parent` as a directory, refusing a symlink.
@@ -451,21 +393,15 @@ fn open_dir(parent: &OwnedFd, name: &Path) -> Result<OwnedFd, Errno> {
 /// How a failed open of `name` in `parent` is reported: absence is normal (the pod has no
 /// such directory, or it went away), anything else is worth a skip entry. With
 /// `O_DIRECTORY` the kernel answers a symlink with ENOTDIR, so look at what is there.
-fn open_failure_reason<P: ?Sized + nix::NixPath>(
-    parent: &OwnedFd,
-    name: &P,
-    errno: Errno,
-) -> Option<SkipReason> {
+fn open_failure_reason<P: ?Sized + nix::NixPath>(parent: &OwnedFd, name: &P, errno: Errno) -> Option<SkipReason> {
     match errno {
         Errno::ENOENT => None,
-        Errno::ELOOP | Errno::ENOTDIR => {
-            match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if file_kind(st.st_mode) == SFlag::S_IFLNK => Some(SkipReason::Symlink),
-                Ok(_) => Some(SkipReason::NotADirectory),
-                Err(Errno::ENOENT) => None,
-                Err(e) => Some(SkipReason::Unreadable(e)),
-            }
-        }
+        Errno::ELOOP | Errno::ENOTDIR => match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_kind(st.st_mode) == SFlag::S_IFLNK => Some(SkipReason::Symlink),
+            Ok(_) => Some(SkipReason::NotADirectory),
+            Err(Errno::ENOENT) => None,
+            Err(e) => Some(SkipReason::Unreadable(e)),
+        },
         e => Some(SkipReason::Unreadable(e)),
     }
 }
@@ -473,9 +409,7 @@ fn open_failure_reason<P: ?Sized + nix::NixPath>(
 /// Calls `f(dir_fd, name)` for every entry but `.` and `..`.
 fn for_each_entry(fd: OwnedFd, mut f: impl FnMut(&OwnedFd, &CStr)) -> Result<(), Errno> {
     // Keep a second descriptor for the *at calls: Dir owns and iterates the first.
-    let at = fd
-        .try_clone()
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let at = fd.try_clone().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     let mut dir = Dir::from_fd(fd)?;
     for entry in dir.iter() {
         let entry = entry?;

@@ -45,10 +45,7 @@ fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("bad --log-level {:?}", args.log_level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -79,32 +76,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         health.register("uevents"),
     )
     .context("cannot listen for block uevents")?;
-    sources::mounts::spawn(
-        paths.clone(),
-        tx.clone(),
-        clock.clone(),
-        health.register("mountinfo"),
-    )
-    .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
-    sources::inotify::spawn(&paths, tx, clock.clone(), health.register("inotify"))
-        .context("cannot start inotify")?;
+    sources::mounts::spawn(paths.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
+        .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
+    sources::inotify::spawn(&paths, tx, clock.clone(), health.register("inotify")).context("cannot start inotify")?;
 
-    let engine = Engine::new(
-        paths.clone(),
-        clock,
-        metrics.clone(),
-        published.clone(),
-        health.clone(),
-        args.rescan_interval,
-    );
+    let engine =
+        Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
     let engine_hb = health.register("engine");
-    std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || engine.run(rx, engine_hb))?;
+    std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = http::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running (standalone)");
@@ -117,10 +98,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -81,11 +81,7 @@ impl Published {
 
     fn pod_labels(&self, uid: &PodUid) -> PodLabels {
         let n = self.names.get(uid).cloned().unwrap_or_default();
-        PodLabels {
-            pod_uid: uid.clone(),
-            namespace: n.namespace.unwrap_or_default(),
-            vmi: n.vmi.unwrap_or_default(),
-        }
+        PodLabels { pod_uid: uid.clone(), namespace: n.namespace.unwrap_or_default(), vmi: n.vmi.unwrap_or_default() }
     }
 }
 
@@ -120,36 +116,23 @@ impl Metrics {
         );
         let detection_latency = Family::<StateLabel, Histogram>::new_with_constructor(|| {
             // 100 µs .. ~3 s: event to published verdict.
-            Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                3.0,
-            ])
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 3.0])
         });
         registry.register(
             "detection_latency_seconds",
             "From a source receiving the first event of a batch to the resulting state change being published, by state entered",
             detection_latency.clone(),
         );
-        let time_to_ready = Histogram::new([
-            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-        ]);
+        let time_to_ready = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
         registry.register(
             "volume_time_to_ready_seconds",
             "From a volume first seen pending to it being ready",
             time_to_ready.clone(),
         );
         let rescans_total = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "rescans",
-            "Full rescans of the node, by reason",
-            rescans_total.clone(),
-        );
+        registry.register("rescans", "Full rescans of the node, by reason", rescans_total.clone());
         let source_events_total = Family::<SourceLabel, Counter>::default();
-        registry.register(
-            "source_events",
-            "Observations received from each source",
-            source_events_total.clone(),
-        );
+        registry.register("source_events", "Observations received from each source", source_events_total.clone());
         let skipped_entries = Family::<ReasonLabel, Gauge>::default();
         registry.register(
             "skipped_entries",
@@ -157,34 +140,22 @@ impl Metrics {
             skipped_entries.clone(),
         );
         let scan_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
-        registry.register(
-            "rescan_duration_seconds",
-            "Time to read the whole node once",
-            scan_duration.clone(),
-        );
+        registry.register("rescan_duration_seconds", "Time to read the whole node once", scan_duration.clone());
         registry.register_collector(Box::new(VerdictGauges(published)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
         for state in VolumeState::ALL.map(VolumeState::as_str) {
-            transitions_total
-                .get_or_create(&StateLabel { state })
-                .inc_by(0);
+            transitions_total.get_or_create(&StateLabel { state }).inc_by(0);
             drop(detection_latency.get_or_create(&StateLabel { state }));
         }
         for reason in RescanReason::ALL.map(RescanReason::metric_label) {
-            rescans_total
-                .get_or_create(&ReasonLabel { reason })
-                .inc_by(0);
+            rescans_total.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         for source in SourceKind::ALL.map(SourceKind::metric_label) {
-            source_events_total
-                .get_or_create(&SourceLabel { source })
-                .inc_by(0);
+            source_events_total.get_or_create(&SourceLabel { source }).inc_by(0);
         }
         for reason in SkipReason::METRIC_LABELS {
-            skipped_entries
-                .get_or_create(&ReasonLabel { reason })
-                .set(0);
+            skipped_entries.get_or_create(&ReasonLabel { reason }).set(0);
         }
         Metrics {
             registry,
@@ -204,9 +175,7 @@ impl Metrics {
     pub fn encode(&self, format: Exposition) -> String {
         let mut out = String::new();
         match format {
-            Exposition::OpenMetrics => {
-                prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            }
+            Exposition::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
             Exposition::PrometheusText => {
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             }
@@ -233,9 +202,7 @@ impl Exposition {
     pub fn content_type(self) -> &'static str {
         match self {
             Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Exposition::PrometheusText => {
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
-            }
+            Exposition::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         }
     }
 }
@@ -254,8 +221,7 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (key, v) in &p.verdicts.volumes {
-            ConstGauge::new(i64::from(v.state.device_present()))
-                .encode(m.encode_family(&p.volume_labels(key))?)?;
+            ConstGauge::new(i64::from(v.state.device_present())).encode(m.encode_family(&p.volume_labels(key))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "volume_state",
@@ -283,8 +249,7 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (uid, a) in &p.verdicts.attachment_pods {
-            ConstGauge::new(i64::from(a.handoff_safe()))
-                .encode(m.encode_family(&p.pod_labels(uid))?)?;
+            ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
         }
         Ok(())
     }

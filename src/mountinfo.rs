@@ -54,10 +54,7 @@ fn parse_line(line: &[u8]) -> Option<Mount> {
     if !mount_point.starts_with(b"/") {
         return None;
     }
-    Some(Mount {
-        device,
-        mount_point: PathBuf::from(OsString::from_vec(mount_point)),
-    })
+    Some(Mount { device, mount_point: PathBuf::from(OsString::from_vec(mount_point)) })
 }
 
 fn is_number(f: &[u8]) -> bool {
@@ -74,9 +71,7 @@ fn unescape(field: &[u8]) -> Option<Vec<u8>> {
             if !oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
                 return None;
             }
-            let v = oct
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             out.push(u8::try_from(v).ok()?);
             i += 4;
         } else {
@@ -103,9 +98,7 @@ mod tests {
         assert_eq!(parsed.mounts[1].device, DevNum::new(7, 3));
         assert_eq!(
             parsed.mounts[1].mount_point,
-            PathBuf::from(
-                "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/hotplug-disks/my vol.img"
-            )
+            PathBuf::from("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/hotplug-disks/my vol.img")
         );
     }
 

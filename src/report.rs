@@ -58,11 +58,7 @@ pub struct SkippedReport {
 }
 
 impl Report {
-    pub fn new(
-        verdicts: &Verdicts,
-        names: &BTreeMap<PodUid, PodNames>,
-        skipped: &[Skipped],
-    ) -> Self {
+    pub fn new(verdicts: &Verdicts, names: &BTreeMap<PodUid, PodNames>, skipped: &[Skipped]) -> Self {
         let name = |uid: &PodUid| names.get(uid).cloned().unwrap_or_default();
         let volumes = verdicts
             .volumes
@@ -91,11 +87,7 @@ impl Report {
                     volumes: a.volumes.iter().cloned().collect(),
                     handoff_safe: a.handoff_safe(),
                     launcher_pod_uid: a.launcher.clone(),
-                    sole_backer_of: a
-                        .sole_backer_of
-                        .iter()
-                        .map(|k| format!("{}/{}", k.launcher, k.volume))
-                        .collect(),
+                    sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
                     namespace: n.namespace,
                     vmi: n.vmi,
                 }
@@ -103,16 +95,9 @@ impl Report {
             .collect();
         let skipped = skipped
             .iter()
-            .map(|s| SkippedReport {
-                path: s.path.to_string_lossy().into_owned(),
-                reason: s.reason.to_string(),
-            })
+            .map(|s| SkippedReport { path: s.path.to_string_lossy().into_owned(), reason: s.reason.to_string() })
             .collect();
-        Report {
-            volumes,
-            attachment_pods,
-            skipped,
-        }
+        Report { volumes, attachment_pods, skipped }
     }
 
     pub fn to_json(&self) -> String {
@@ -141,22 +126,14 @@ impl Report {
             ]);
         }
         let mut out = table(&rows);
-        let mut rows = vec![vec![
-            "ATTACHMENT POD".into(),
-            "LAUNCHER POD".into(),
-            "VOLUMES".into(),
-            "HANDOFF SAFE".into(),
-        ]];
+        let mut rows =
+            vec![vec!["ATTACHMENT POD".into(), "LAUNCHER POD".into(), "VOLUMES".into(), "HANDOFF SAFE".into()]];
         for a in &self.attachment_pods {
             rows.push(vec![
                 esc(&a.pod_uid),
                 a.launcher_pod_uid.as_deref().map_or("?".into(), esc),
                 list(&a.volumes),
-                if a.handoff_safe {
-                    "yes".into()
-                } else {
-                    format!("NO: orphans {}", list(&a.sole_backer_of))
-                },
+                if a.handoff_safe { "yes".into() } else { format!("NO: orphans {}", list(&a.sole_backer_of)) },
             ]);
         }
         out.push('\n');
@@ -185,16 +162,10 @@ fn list(items: &[String]) -> String {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out

@@ -62,11 +62,7 @@ where
         b"add" => UeventAction::Add,
         b"remove" => UeventAction::Remove,
         b"change" => UeventAction::Change,
-        other => {
-            return Err(UeventSkip::IgnoredAction(
-                String::from_utf8_lossy(other).into(),
-            ))
-        }
+        other => return Err(UeventSkip::IgnoredAction(String::from_utf8_lossy(other).into())),
     };
     let (Some(major), Some(minor)) = (major, minor) else {
         return Err(UeventSkip::NoDevNum);
@@ -96,10 +92,7 @@ pub fn split_payload(payload: &[u8]) -> Vec<(&OsStr, &OsStr)> {
         .skip(1) // the "ACTION@DEVPATH" header repeats what the properties say
         .filter_map(|kv| {
             let eq = kv.iter().position(|&b| b == b'=')?;
-            Some((
-                OsStr::from_bytes(&kv[..eq]),
-                OsStr::from_bytes(&kv[eq + 1..]),
-            ))
+            Some((OsStr::from_bytes(&kv[..eq]), OsStr::from_bytes(&kv[eq + 1..])))
         })
         .collect()
 }
@@ -128,20 +121,11 @@ mod tests {
     #[test]
     fn skips_what_is_not_a_block_presence_change() {
         let net = b"add@/x\0ACTION=add\0SUBSYSTEM=net\0MAJOR=1\0MINOR=2\0";
-        assert_eq!(
-            from_properties(split_payload(net)),
-            Err(UeventSkip::NotBlock)
-        );
+        assert_eq!(from_properties(split_payload(net)), Err(UeventSkip::NotBlock));
         let bind = b"bind@/x\0ACTION=bind\0SUBSYSTEM=block\0MAJOR=1\0MINOR=2\0";
-        assert!(matches!(
-            from_properties(split_payload(bind)),
-            Err(UeventSkip::IgnoredAction(_))
-        ));
+        assert!(matches!(from_properties(split_payload(bind)), Err(UeventSkip::IgnoredAction(_))));
         let nonum = b"add@/x\0ACTION=add\0SUBSYSTEM=block\0MAJOR=x\0MINOR=2\0";
-        assert_eq!(
-            from_properties(split_payload(nonum)),
-            Err(UeventSkip::NoDevNum)
-        );
+        assert_eq!(from_properties(split_payload(nonum)), Err(UeventSkip::NoDevNum));
     }
 
     proptest! {

@@ -32,12 +32,8 @@ pub enum VolumeState {
 }
 
 impl VolumeState {
-    pub const ALL: [VolumeState; 4] = [
-        VolumeState::Pending,
-        VolumeState::Ready,
-        VolumeState::Vanished,
-        VolumeState::Unbacked,
-    ];
+    pub const ALL: [VolumeState; 4] =
+        [VolumeState::Pending, VolumeState::Ready, VolumeState::Vanished, VolumeState::Unbacked];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,6 +72,16 @@ pub struct VolumeVerdict {
     pub device: Option<DevNum>,
     /// Attachment pods on the node that serve this device (or, while pending, that will).
     pub backing_pods: BTreeSet<PodUid>,
+    /// Whether the VMI's spec still has the volume (cluster mode); `Some(false)` means an
+    /// unplug is in progress and losing the device is expected, not an alarm.
+    pub in_spec: Option<bool>,
+}
+
+impl VolumeVerdict {
+    /// A lost device or backing someone should hear about: not a volume being unplugged.
+    pub fn is_alarm(&self) -> bool {
+        matches!(self.state, VolumeState::Vanished | VolumeState::Unbacked) && self.in_spec != Some(false)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,10 +115,7 @@ struct Served<'a> {
 
 impl<'a> Served<'a> {
     fn collect(inv: &'a Inventory) -> Self {
-        let mut served = Served {
-            by_device: BTreeMap::new(),
-            block_volumes: BTreeMap::new(),
-        };
+        let mut served = Served { by_device: BTreeMap::new(), block_volumes: BTreeMap::new() };
         for (uid, disks) in inv.pods() {
             if let PodDisks::Attachment(vols) = disks {
                 served.block_volumes.insert(uid, vols);
@@ -134,10 +137,7 @@ impl<'a> Served<'a> {
     }
 
     fn backers(&self, dev: DevNum) -> BTreeSet<PodUid> {
-        self.by_device
-            .get(&dev)
-            .map(|s| s.iter().map(|u| (*u).clone()).collect())
-            .unwrap_or_default()
+        self.by_device.get(&dev).map(|s| s.iter().map(|u| (*u).clone()).collect()).unwrap_or_default()
     }
 }
 
@@ -155,10 +155,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
             let (mode, device) = match entry {
                 LauncherEntry::Block(dev) => (VolumeMode::Block, Some(*dev)),
                 LauncherEntry::Image => {
-                    let site = MountSite::LauncherImage {
-                        pod: uid.clone(),
-                        volume: volume.clone(),
-                    };
+                    let site = MountSite::LauncherImage { pod: uid.clone(), volume: volume.clone() };
                     (VolumeMode::Filesystem, inv.mounts().get(&site).copied())
                 }
                 LauncherEntry::Directory => continue,
@@ -170,19 +167,9 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                 Some(_) if backing_pods.is_empty() => VolumeState::Unbacked,
                 Some(_) => VolumeState::Ready,
             };
-            let key = VolumeKey {
-                launcher: uid.clone(),
-                volume: volume.clone(),
-            };
-            verdicts.volumes.insert(
-                key,
-                VolumeVerdict {
-                    mode,
-                    state,
-                    device,
-                    backing_pods,
-                },
-            );
+            let in_spec = inv.in_spec(uid, volume);
+            let key = VolumeKey { launcher: uid.clone(), volume: volume.clone() };
+            verdicts.volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods, in_spec });
         }
     }
 
@@ -216,10 +203,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
             if entries.contains_key(volume) {
                 continue;
             }
-            let key = VolumeKey {
-                launcher: launcher.clone(),
-                volume: volume.clone(),
-            };
+            let key = VolumeKey { launcher: launcher.clone(), volume: volume.clone() };
             verdicts
                 .volumes
                 .entry(key)
@@ -228,6 +212,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                     state: VolumeState::Pending,
                     device: None,
                     backing_pods: BTreeSet::new(),
+                    in_spec: inv.in_spec(launcher, volume),
                 })
                 .backing_pods
                 .insert(pod.clone());
@@ -249,10 +234,10 @@ fn owner(
     if let Some(l) = inv.owner_of(pod) {
         return Some(l.clone());
     }
-    let by_device = verdicts.volumes.iter().find(|(_, v)| {
-        v.device
-            .is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod)))
-    });
+    let by_device = verdicts
+        .volumes
+        .iter()
+        .find(|(_, v)| v.device.is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod))));
     if let Some((key, _)) = by_device {
         return Some(key.launcher.clone());
     }
@@ -300,34 +285,15 @@ pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
         let (from, to) = (a.map(|v| v.state), b.map(|v| v.state));
         if from != to {
             let device = b.or(a).and_then(|v| v.device);
-            out.volumes.push(VolumeTransition {
-                key: key.clone(),
-                from,
-                to,
-                device,
-            });
+            out.volumes.push(VolumeTransition { key: key.clone(), from, to, device });
         }
     }
-    let pods: BTreeSet<&PodUid> = old
-        .attachment_pods
-        .keys()
-        .chain(new.attachment_pods.keys())
-        .collect();
+    let pods: BTreeSet<&PodUid> = old.attachment_pods.keys().chain(new.attachment_pods.keys()).collect();
     for pod in pods {
-        let from = old
-            .attachment_pods
-            .get(pod)
-            .map(AttachmentVerdict::handoff_safe);
-        let to = new
-            .attachment_pods
-            .get(pod)
-            .map(AttachmentVerdict::handoff_safe);
+        let from = old.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
+        let to = new.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
         if from != to {
-            out.handoffs.push(HandoffTransition {
-                pod: pod.clone(),
-                from,
-                to,
-            });
+            out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
         }
     }
     out

@@ -43,11 +43,7 @@ fn odd_entries_are_skipped_and_symlinks_never_followed() {
 
     symlink(disk.path(), hp.join("sym-to-dev")).unwrap();
     symlink(outside.path().join("evil"), hp.join("sym-to-node")).unwrap();
-    nix::unistd::mkfifo(
-        &hp.join("fifo-vol"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
+    nix::unistd::mkfifo(&hp.join("fifo-vol"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     fs::write(hp.join("regular-vol"), b"not a device").unwrap();
     fs::write(hp.join(os(b"bad-\xff-name")), b"").unwrap();
     // Names a volume can't have in Kubernetes, but a tree can: reported, escaped.
@@ -56,120 +52,55 @@ fn odd_entries_are_skipped_and_symlinks_never_followed() {
     // A pod whose hotplug-disks is a symlink out of the tree, and a pod directory that is one.
     let sym_pod = tree.root.join("sym-pod/volumes/kubernetes.io~empty-dir");
     fs::create_dir_all(&sym_pod).unwrap();
-    symlink(
-        outside.path().join("hotplug-disks"),
-        sym_pod.join("hotplug-disks"),
-    )
-    .unwrap();
+    symlink(outside.path().join("hotplug-disks"), sym_pod.join("hotplug-disks")).unwrap();
     symlink(outside.path(), tree.root.join("sym-pod-dir")).unwrap();
 
     let check = |report: &serde_json::Value| {
         assert_eq!(volume_state(report, L, "good").as_deref(), Some("ready"));
-        assert_eq!(
-            volume_state(report, L, "new\nline").as_deref(),
-            Some("ready")
-        );
-        assert_eq!(
-            volume_state(report, L, "quo\"te\\").as_deref(),
-            Some("ready")
-        );
-        for name in [
-            "sym-to-dev",
-            "sym-to-node",
-            "fifo-vol",
-            "regular-vol",
-            "stolen",
-            "evil",
-        ] {
-            assert_eq!(
-                volume_entry(report, L, name),
-                None,
-                "{name} must not be a volume"
-            );
+        assert_eq!(volume_state(report, L, "new\nline").as_deref(), Some("ready"));
+        assert_eq!(volume_state(report, L, "quo\"te\\").as_deref(), Some("ready"));
+        for name in ["sym-to-dev", "sym-to-node", "fifo-vol", "regular-vol", "stolen", "evil"] {
+            assert_eq!(volume_entry(report, L, name), None, "{name} must not be a volume");
         }
-        assert_eq!(
-            skipped_reasons(report, "sym-to-dev"),
-            ["symlink (never followed)"]
-        );
-        assert_eq!(
-            skipped_reasons(report, "sym-to-node"),
-            ["symlink (never followed)"]
-        );
+        assert_eq!(skipped_reasons(report, "sym-to-dev"), ["symlink (never followed)"]);
+        assert_eq!(skipped_reasons(report, "sym-to-node"), ["symlink (never followed)"]);
         assert_eq!(
             skipped_reasons(report, "fifo-vol"),
             ["FIFO, socket or character device where a volume was expected"]
         );
+        assert_eq!(skipped_reasons(report, "regular-vol"), ["regular file without the .img suffix"]);
         assert_eq!(
-            skipped_reasons(report, "regular-vol"),
-            ["regular file without the .img suffix"]
-        );
-        assert_eq!(
-            skipped_reasons(
-                report,
-                "sym-pod/volumes/kubernetes.io~empty-dir/hotplug-disks"
-            ),
+            skipped_reasons(report, "sym-pod/volumes/kubernetes.io~empty-dir/hotplug-disks"),
             ["symlink (never followed)"]
         );
+        assert_eq!(skipped_reasons(report, "sym-pod-dir"), ["symlink (never followed)"]);
         assert_eq!(
-            skipped_reasons(report, "sym-pod-dir"),
-            ["symlink (never followed)"]
-        );
-        assert_eq!(
-            report["skipped"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["reason"] == "name is not UTF-8")
-                .count(),
+            report["skipped"].as_array().unwrap().iter().filter(|s| s["reason"] == "name is not UTF-8").count(),
             1
         );
-        let volumes: Vec<&str> = report["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["pod_uid"].as_str().unwrap())
-            .collect();
-        assert!(
-            volumes.iter().all(|p| *p == L),
-            "only the launcher has volumes: {volumes:?}"
-        );
+        let volumes: Vec<&str> =
+            report["volumes"].as_array().unwrap().iter().map(|v| v["pod_uid"].as_str().unwrap()).collect();
+        assert!(volumes.iter().all(|p| *p == L), "only the launcher has volumes: {volumes:?}");
     };
-    check(&scan_json(
-        &tree.root,
-        std::path::Path::new("/proc/self/mountinfo"),
-    ));
+    check(&scan_json(&tree.root, std::path::Path::new("/proc/self/mountinfo")));
 
     let agent = Agent::start(&tree.root, &[]);
     agent.wait_ready();
     check(&agent.report());
     let m = agent.metrics();
-    assert_eq!(
-        metric(&m, "hotplug_watchdog_skipped_entries{reason=\"symlink\"}"),
-        4.0
-    );
+    assert_eq!(metric(&m, "hotplug_watchdog_skipped_entries{reason=\"symlink\"}"), 4.0);
     // The exposition stays valid with newlines and quotes in label values.
     promtool_check_metrics(&m);
-    assert!(
-        m.contains(r#"volume="new\nline""#) && m.contains(r#"volume="quo\"te\\""#),
-        "{m}"
-    );
+    assert!(m.contains(r#"volume="new\nline""#) && m.contains(r#"volume="quo\"te\\""#), "{m}");
 
     // The table escapes them too: one line per volume.
     let out = Command::new(agent_binary())
-        .args([
-            "scan",
-            "--mountinfo",
-            "/proc/self/mountinfo",
-            "--kubelet-root",
-        ])
+        .args(["scan", "--mountinfo", "/proc/self/mountinfo", "--kubelet-root"])
         .arg(&tree.root)
         .output()
         .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        table.contains(r"new\nline") && !table.contains("new\nline"),
-        "{table}"
-    );
+    assert!(table.contains(r"new\nline") && !table.contains("new\nline"), "{table}");
 }
 
 fn promtool_check_metrics(text: &str) {
@@ -181,12 +112,7 @@ fn promtool_check_metrics(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -214,10 +140,7 @@ fn ten_thousand_entries_in_one_directory() {
     let agent = Agent::start(&tree.root, &[]);
     agent.wait_ready();
     let m = agent.metrics();
-    assert_eq!(
-        m.matches("hotplug_watchdog_volume_device_present{").count(),
-        10_000
-    );
+    assert_eq!(m.matches("hotplug_watchdog_volume_device_present{").count(), 10_000);
     promtool_check_metrics(&m);
 }
 
@@ -244,36 +167,16 @@ fn unreadable_directory_is_reported_and_the_rest_still_scanned() {
 
     use std::os::unix::process::CommandExt;
     let out = Command::new(agent_binary())
-        .args([
-            "scan",
-            "--format",
-            "json",
-            "--mountinfo",
-            "/proc/self/mountinfo",
-            "--kubelet-root",
-        ])
+        .args(["scan", "--format", "json", "--mountinfo", "/proc/self/mountinfo", "--kubelet-root"])
         .arg(&tree.root)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        volume_state(&report, "readable", "v").as_deref(),
-        Some("ready")
-    );
-    assert_eq!(
-        skipped_reasons(
-            &report,
-            "locked/volumes/kubernetes.io~empty-dir/hotplug-disks"
-        ),
-        ["unreadable"]
-    );
+    assert_eq!(volume_state(&report, "readable", "v").as_deref(), Some("ready"));
+    assert_eq!(skipped_reasons(&report, "locked/volumes/kubernetes.io~empty-dir/hotplug-disks"), ["unreadable"]);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -294,19 +197,9 @@ fn kubelet_root_that_does_not_exist_yet_is_waited_for() {
     let tree = KubeletTree::without_root();
     let agent = Agent::start(&tree.root, &["--rescan-interval", "1h"]);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        agent.get("/readyz").0,
-        503,
-        "not ready before the kubelet root exists"
-    );
+    assert_eq!(agent.get("/readyz").0, 503, "not ready before the kubelet root exists");
     assert_eq!(agent.get("/healthz").0, 200, "waiting is healthy");
-    assert!(
-        agent
-            .log()
-            .contains("cannot watch the kubelet pods directory yet"),
-        "{}",
-        agent.log()
-    );
+    assert!(agent.log().contains("cannot watch the kubelet pods directory yet"), "{}", agent.log());
 
     let disk = LoopDevice::add();
     fs::create_dir(&tree.root).unwrap();
@@ -318,10 +211,7 @@ fn kubelet_root_that_does_not_exist_yet_is_waited_for() {
     agent.wait_volume(L, "v", Some("ready"));
 
     // The scan command says plainly what is wrong.
-    let out = Command::new(agent_binary())
-        .args(["scan", "--kubelet-root", "/nonexistent/pods"])
-        .output()
-        .unwrap();
+    let out = Command::new(agent_binary()).args(["scan", "--kubelet-root", "/nonexistent/pods"]).output().unwrap();
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -334,13 +224,7 @@ fn bad_configuration_is_a_clear_error_at_start() {
     let tree = KubeletTree::new();
     let run = |args: &[&str]| {
         let out = Command::new(agent_binary())
-            .args([
-                "run",
-                "--standalone",
-                "--listen",
-                "127.0.0.1:0",
-                "--kubelet-root",
-            ])
+            .args(["run", "--standalone", "--listen", "127.0.0.1:0", "--kubelet-root"])
             .arg(&tree.root)
             .args(args)
             .output()
@@ -349,29 +233,12 @@ fn bad_configuration_is_a_clear_error_at_start() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = run(&["--mountinfo", "/nonexistent/mountinfo"]);
-    assert!(
-        err.contains("cannot open mount table /nonexistent/mountinfo: No such file or directory"),
-        "{err}"
-    );
-    let err = run(&[
-        "--mountinfo",
-        "/proc/self/mountinfo",
-        "--rescan-interval",
-        "soon",
-    ]);
+    assert!(err.contains("cannot open mount table /nonexistent/mountinfo: No such file or directory"), "{err}");
+    let err = run(&["--mountinfo", "/proc/self/mountinfo", "--rescan-interval", "soon"]);
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
-    let err = run(&[
-        "--mountinfo",
-        "/proc/self/mountinfo",
-        "--log-level",
-        "hotplug_watchdog=[[",
-    ]);
+    let err = run(&["--mountinfo", "/proc/self/mountinfo", "--log-level", "hotplug_watchdog=[["]);
     assert!(err.contains("bad --log-level"), "{err}");
-    let out = Command::new(agent_binary())
-        .args(["run", "--kubelet-root"])
-        .arg(&tree.root)
-        .output()
-        .unwrap();
+    let out = Command::new(agent_binary()).args(["run", "--kubelet-root"]).arg(&tree.root).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --standalone"));
 }

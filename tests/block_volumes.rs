@@ -32,10 +32,7 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     tree.attach_block(OLD, "disk1", disk.dev());
     agent.wait_volume(L, "disk1", Some("pending"));
     let report = agent.report();
-    assert_eq!(
-        volume_entry(&report, L, "disk1").unwrap()["backing_pods"],
-        serde_json::json!([OLD])
-    );
+    assert_eq!(volume_entry(&report, L, "disk1").unwrap()["backing_pods"], serde_json::json!([OLD]));
 
     // virt-handler mknods it into the launcher.
     tree.launcher_block(L, "disk1", disk.dev());
@@ -44,78 +41,30 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     let v = volume_entry(&report, L, "disk1").unwrap();
     assert_eq!(v["device"], disk.dev().to_string());
     assert_eq!(v["mode"], "block");
-    assert_eq!(
-        handoff_safe(&report, OLD),
-        Some(false),
-        "the only pod serving a used device"
-    );
+    assert_eq!(handoff_safe(&report, OLD), Some(false), "the only pod serving a used device");
 
     // The device goes away under the VM: the kernel's remove uevent is the only signal.
-    let events_before = metric(
-        &agent.metrics(),
-        "hotplug_watchdog_source_events_total{source=\"uevent\"}",
-    );
+    let events_before = metric(&agent.metrics(), "hotplug_watchdog_source_events_total{source=\"uevent\"}");
     disk.remove();
     agent.wait_volume(L, "disk1", Some("vanished"));
     let m = agent.metrics();
     assert!(
-        metric(
-            &m,
-            "hotplug_watchdog_source_events_total{source=\"uevent\"}"
-        ) > events_before,
+        metric(&m, "hotplug_watchdog_source_events_total{source=\"uevent\"}") > events_before,
         "seen through a uevent"
     );
-    assert_eq!(
-        metric(&m, "hotplug_watchdog_rescans_total{reason=\"periodic\"}"),
-        0.0
-    );
+    assert_eq!(metric(&m, "hotplug_watchdog_rescans_total{reason=\"periodic\"}"), 0.0);
     let labels = format!("pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\"");
-    assert_eq!(
-        metric(
-            &m,
-            &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            &format!("hotplug_watchdog_volume_device_present{{{labels}}}")
-        ),
-        0.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            &format!("hotplug_watchdog_volume_state{{{labels},state=\"vanished\"}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            &format!("hotplug_watchdog_volume_state{{{labels},state=\"ready\"}}")
-        ),
-        0.0
-    );
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_device_present{{{labels}}}")), 0.0);
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_state{{{labels},state=\"vanished\"}}")), 1.0);
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_state{{{labels},state=\"ready\"}}")), 0.0);
     assert!(metric(&m, "hotplug_watchdog_volume_time_to_ready_seconds_count") >= 1.0);
-    assert!(
-        metric(
-            &m,
-            "hotplug_watchdog_detection_latency_seconds_count{state=\"vanished\"}"
-        ) >= 1.0
-    );
+    assert!(metric(&m, "hotplug_watchdog_detection_latency_seconds_count{state=\"vanished\"}") >= 1.0);
 
     // And the device comes back (same number): ready again, the counter stays.
     let _back = LoopDevice::re_add(disk.index);
     agent.wait_volume(L, "disk1", Some("ready"));
-    assert_eq!(
-        metric(
-            &agent.metrics(),
-            &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")
-        ),
-        1.0
-    );
+    assert_eq!(metric(&agent.metrics(), &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
 
     let status = agent.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
@@ -150,22 +99,9 @@ fn swap_to_a_pod_with_the_same_device_is_safe() {
     tree.remove_pod(OLD);
     tree.launcher_block(L, "disk2", second.dev());
     agent.wait_volume(L, "disk2", Some("ready"));
-    assert_eq!(
-        volume_state(&agent.report(), L, "disk1").as_deref(),
-        Some("ready")
-    );
-    assert_eq!(
-        handoff_safe(&agent.report(), OLD),
-        None,
-        "the old pod is gone from the report"
-    );
-    assert_eq!(
-        metric(
-            &agent.metrics(),
-            "hotplug_watchdog_volume_transitions_total{state=\"vanished\"}"
-        ),
-        0.0
-    );
+    assert_eq!(volume_state(&agent.report(), L, "disk1").as_deref(), Some("ready"));
+    assert_eq!(handoff_safe(&agent.report(), OLD), None, "the old pod is gone from the report");
+    assert_eq!(metric(&agent.metrics(), "hotplug_watchdog_volume_transitions_total{state=\"vanished\"}"), 0.0);
 }
 
 #[test]
@@ -187,26 +123,12 @@ fn swap_to_a_pod_with_a_new_device_is_unsafe_then_unbacked_then_vanished() {
 
     tree.attachment(NEW);
     tree.attach_block(NEW, "disk1", new_dev.dev());
-    agent.wait_until("new pod reported", Duration::from_secs(10), |a| {
-        handoff_safe(&a.report(), NEW).is_some()
-    });
+    agent.wait_until("new pod reported", Duration::from_secs(10), |a| handoff_safe(&a.report(), NEW).is_some());
     let report = agent.report();
-    assert_eq!(
-        handoff_safe(&report, OLD),
-        Some(false),
-        "deleting the old pod would orphan the launcher's device"
-    );
+    assert_eq!(handoff_safe(&report, OLD), Some(false), "deleting the old pod would orphan the launcher's device");
     assert_eq!(handoff_safe(&report, NEW), Some(true));
-    let old = report["attachment_pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pod_uid"] == OLD)
-        .unwrap();
-    assert_eq!(
-        old["sole_backer_of"],
-        serde_json::json!([format!("{L}/disk1")])
-    );
+    let old = report["attachment_pods"].as_array().unwrap().iter().find(|p| p["pod_uid"] == OLD).unwrap();
+    assert_eq!(old["sole_backer_of"], serde_json::json!([format!("{L}/disk1")]));
 
     // Today's controller deletes the old pod anyway: the launcher's node is unbacked ...
     tree.remove_pod(OLD);
@@ -216,7 +138,12 @@ fn swap_to_a_pod_with_a_new_device_is_unsafe_then_unbacked_then_vanished() {
     agent.wait_volume(L, "disk1", Some("vanished"));
     let m = agent.metrics();
     assert_eq!(
-        metric(&m, &format!("hotplug_watchdog_device_vanished_total{{pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\"}}")),
+        metric(
+            &m,
+            &format!(
+                "hotplug_watchdog_device_vanished_total{{pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\"}}"
+            )
+        ),
         1.0
     );
 }

@@ -11,8 +11,7 @@ fn metrics_reference_matches_the_binary() {
     if !require_root("metrics_reference_matches_the_binary") {
         return;
     }
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
     let documented: BTreeSet<String> = doc
         .lines()
         .filter(|l| l.starts_with("| `hotplug_watchdog_"))

@@ -27,22 +27,14 @@ fn set_up(tree: &KubeletTree, volume: &str) -> FsVolume {
     disk.attach_file(backing.path());
     mkfs_ext4(&disk.path());
     // The kubelet mounts the attachment pod's PVC under the pod's volumes directory.
-    let pvc_dir = tree
-        .root
-        .join(A)
-        .join("volumes/kubernetes.io~csi/pv-fs/mount");
+    let pvc_dir = tree.root.join(A).join("volumes/kubernetes.io~csi/pv-fs/mount");
     let pvc_mount = Mounted::filesystem(&disk.path(), &pvc_dir, "ext4");
     fs::write(pvc_dir.join("disk.img"), b"").unwrap();
     // virt-handler makes `<volume>.img` and bind-mounts disk.img onto it.
     let image = tree.launcher(L).join(format!("{volume}.img"));
     fs::write(&image, b"").unwrap();
     let image_mount = Mounted::bind(&pvc_dir.join("disk.img"), &image);
-    FsVolume {
-        pvc_mount: Some(pvc_mount),
-        image_mount: Some(image_mount),
-        disk,
-        _backing: backing,
-    }
+    FsVolume { pvc_mount: Some(pvc_mount), image_mount: Some(image_mount), disk, _backing: backing }
 }
 
 #[test]
@@ -62,12 +54,7 @@ fn filesystem_volume_ready_then_unmounted_then_unbacked() {
     assert_eq!(v["device"], vol.disk.dev().to_string());
     assert_eq!(v["backing_pods"], serde_json::json!([A]));
     assert_eq!(handoff_safe(&report, A), Some(false));
-    assert!(
-        metric(
-            &agent.metrics(),
-            "hotplug_watchdog_source_events_total{source=\"mountinfo\"}"
-        ) >= 1.0
-    );
+    assert!(metric(&agent.metrics(), "hotplug_watchdog_source_events_total{source=\"mountinfo\"}") >= 1.0);
 
     // The attachment pod's PVC mount goes (the pod was deleted): the bind mount lives on,
     // nothing backs it.
@@ -77,10 +64,7 @@ fn filesystem_volume_ready_then_unmounted_then_unbacked() {
     // The bind mount goes too: the launcher has an empty .img file again: not ready.
     vol.image_mount.take().unwrap().unmount();
     agent.wait_volume(L, "data", Some("pending"));
-    assert_eq!(
-        volume_entry(&agent.report(), L, "data").unwrap()["device"],
-        serde_json::Value::Null
-    );
+    assert_eq!(volume_entry(&agent.report(), L, "data").unwrap()["device"], serde_json::Value::Null);
     drop(vol);
 }
 
@@ -118,27 +102,18 @@ fn filesystem_volume_whose_device_is_gone_is_vanished() {
     };
     write_table(gone);
     let report = scan_json(&tree.root, table.path());
-    assert_eq!(
-        volume_state(&report, L, "data").as_deref(),
-        Some("vanished"),
-        "{report:#}"
-    );
+    assert_eq!(volume_state(&report, L, "data").as_deref(), Some("vanished"), "{report:#}");
 
     // The same table with a device that exists (only if / is on a block device here).
     if std::path::Path::new(&format!("/sys/dev/block/{present}")).exists() {
         write_table(&present.to_string());
         let report = scan_json(&tree.root, table.path());
-        assert_eq!(
-            volume_state(&report, L, "data").as_deref(),
-            Some("ready"),
-            "{report:#}"
-        );
+        assert_eq!(volume_state(&report, L, "data").as_deref(), Some("ready"), "{report:#}");
     }
 
     // The daemon reads the same table on its rescans (a regular file never signals POLLPRI).
     write_table(gone);
-    let agent =
-        Agent::start_with_mountinfo(&tree.root, table.path(), &["--rescan-interval", "200ms"]);
+    let agent = Agent::start_with_mountinfo(&tree.root, table.path(), &["--rescan-interval", "200ms"]);
     agent.wait_ready();
     agent.wait_volume(L, "data", Some("vanished"));
 }

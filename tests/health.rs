@@ -26,32 +26,18 @@ fn healthz_fails_when_a_loop_dies_or_stalls() {
         std::thread::spawn(move || {
             // Opening for write waits for the agent to open for read, at start.
             let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-            w.write_all(b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n")
-                .unwrap();
+            w.write_all(b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n").unwrap();
             std::thread::sleep(Duration::from_millis(200));
         })
     };
-    let agent = Agent::start_with_mountinfo(
-        &tree.root,
-        &fifo,
-        &["--stall-timeout", "1s", "--rescan-interval", "500ms"],
-    );
+    let agent =
+        Agent::start_with_mountinfo(&tree.root, &fifo, &["--stall-timeout", "1s", "--rescan-interval", "500ms"]);
     writer.join().unwrap();
-    agent.wait_until(
-        "healthz names the dead and the stalled loop",
-        Duration::from_secs(10),
-        |a| {
-            let (status, body) = a.get("/healthz");
-            status == 503
-                && body.contains("mountinfo: loop ended")
-                && body.contains("engine: busy for")
-        },
-    );
-    assert!(
-        agent.log().contains("cannot follow the mount table"),
-        "{}",
-        agent.log()
-    );
+    agent.wait_until("healthz names the dead and the stalled loop", Duration::from_secs(10), |a| {
+        let (status, body) = a.get("/healthz");
+        status == 503 && body.contains("mountinfo: loop ended") && body.contains("engine: busy for")
+    });
+    assert!(agent.log().contains("cannot follow the mount table"), "{}", agent.log());
 }
 
 #[test]
@@ -61,16 +47,9 @@ fn healthy_agent_and_json_logs() {
     agent.wait_ready();
     assert_eq!(agent.get("/healthz"), (200, "ok\n".to_string()));
     let log = agent.log();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["fields"]["message"] == "first full scan done; ready"),
-        "{log}"
-    );
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "first full scan done; ready"), "{log}");
     let status = agent.terminate();
     assert!(status.success());
 }

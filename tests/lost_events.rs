@@ -29,10 +29,7 @@ fn agent_pid(agent: &Agent) -> i32 {
 fn assert_same_as_fresh_scan(agent: &Agent, tree: &KubeletTree) {
     let fresh = scan_json(&tree.root, std::path::Path::new("/proc/self/mountinfo"));
     let live = agent.report();
-    assert_eq!(
-        live["volumes"], fresh["volumes"],
-        "live verdicts differ from a fresh scan"
-    );
+    assert_eq!(live["volumes"], fresh["volumes"], "live verdicts differ from a fresh scan");
     assert_eq!(live["attachment_pods"], fresh["attachment_pods"]);
 }
 
@@ -49,10 +46,7 @@ fn uevent_buffer_overflow_is_repaired_by_a_rescan() {
     tree.attach_block(A, "disk1", disk.dev());
     tree.launcher_block(L, "disk1", disk.dev());
     // The kernel rounds a tiny buffer up to its minimum (a few KiB): a dozen uevents.
-    let agent = Agent::start(
-        &tree.root,
-        &["--rescan-interval", "1h", "--uevent-buffer-bytes", "1"],
-    );
+    let agent = Agent::start(&tree.root, &["--rescan-interval", "1h", "--uevent-buffer-bytes", "1"]);
     agent.wait_ready();
     agent.wait_volume(L, "disk1", Some("ready"));
 
@@ -66,13 +60,7 @@ fn uevent_buffer_overflow_is_repaired_by_a_rescan() {
 
     agent.wait_volume(L, "disk1", Some("vanished"));
     let m = agent.metrics();
-    assert!(
-        metric(
-            &m,
-            "hotplug_watchdog_rescans_total{reason=\"uevent_overflow\"}"
-        ) >= 1.0,
-        "{m}"
-    );
+    assert!(metric(&m, "hotplug_watchdog_rescans_total{reason=\"uevent_overflow\"}") >= 1.0, "{m}");
     assert_same_as_fresh_scan(&agent, &tree);
 }
 
@@ -122,21 +110,9 @@ fn inotify_queue_overflow_is_repaired_by_a_rescan() {
     pause(&agent, Signal::SIGCONT);
 
     agent.wait_until("100 ready volumes", Duration::from_secs(10), |a| {
-        a.report()["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["state"] == "ready")
-            .count()
-            == 100
+        a.report()["volumes"].as_array().unwrap().iter().filter(|v| v["state"] == "ready").count() == 100
     });
     let m = agent.metrics();
-    assert!(
-        metric(
-            &m,
-            "hotplug_watchdog_rescans_total{reason=\"inotify_overflow\"}"
-        ) >= 1.0,
-        "{m}"
-    );
+    assert!(metric(&m, "hotplug_watchdog_rescans_total{reason=\"inotify_overflow\"}") >= 1.0, "{m}");
     assert_same_as_fresh_scan(&agent, &tree);
 }

@@ -15,26 +15,15 @@ struct Udevd(Option<Child>);
 
 impl Udevd {
     fn ensure() -> Self {
-        let running = Command::new("pgrep")
-            .arg("-x")
-            .arg("systemd-udevd")
-            .status()
-            .is_ok_and(|s| s.success());
+        let running = Command::new("pgrep").arg("-x").arg("systemd-udevd").status().is_ok_and(|s| s.success());
         if running {
             return Udevd(None);
         }
-        let bin = [
-            "/lib/systemd/systemd-udevd",
-            "/usr/lib/systemd/systemd-udevd",
-        ]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("systemd-udevd (Debian package udev) must be installed");
-        let child = Command::new(bin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start systemd-udevd");
+        let bin = ["/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("systemd-udevd (Debian package udev) must be installed");
+        let child = Command::new(bin).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start systemd-udevd");
         // udevd listens once its control socket exists.
         for _ in 0..200 {
             if std::path::Path::new("/run/udev/control").exists() {
@@ -63,10 +52,7 @@ fn udev_source_sees_devices_come_and_go() {
     let _udevd = Udevd::ensure();
     let tree = KubeletTree::new();
     tree.launcher(L);
-    let agent = Agent::start(
-        &tree.root,
-        &["--rescan-interval", "1h", "--uevent-source", "udev"],
-    );
+    let agent = Agent::start(&tree.root, &["--rescan-interval", "1h", "--uevent-source", "udev"]);
     agent.wait_ready();
 
     // The device is created after the agent's scan: only udev's add event can tell.
@@ -75,26 +61,12 @@ fn udev_source_sees_devices_come_and_go() {
     tree.attach_block(A, "v", disk.dev());
     tree.launcher_block(L, "v", disk.dev());
     agent.wait_volume(L, "v", Some("ready"));
-    let before = metric(
-        &agent.metrics(),
-        "hotplug_watchdog_source_events_total{source=\"uevent\"}",
-    );
+    let before = metric(&agent.metrics(), "hotplug_watchdog_source_events_total{source=\"uevent\"}");
     assert!(before >= 1.0, "udev's add event was received");
     // The node was read with its device: no false alarm while udev's event was on its way.
-    assert_eq!(
-        metric(
-            &agent.metrics(),
-            "hotplug_watchdog_volume_transitions_total{state=\"vanished\"}"
-        ),
-        0.0
-    );
+    assert_eq!(metric(&agent.metrics(), "hotplug_watchdog_volume_transitions_total{state=\"vanished\"}"), 0.0);
 
     disk.remove();
     agent.wait_volume(L, "v", Some("vanished"));
-    assert!(
-        metric(
-            &agent.metrics(),
-            "hotplug_watchdog_source_events_total{source=\"uevent\"}"
-        ) > before
-    );
+    assert!(metric(&agent.metrics(), "hotplug_watchdog_source_events_total{source=\"uevent\"}") > before);
 }

@@ -9,11 +9,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Every non-empty line is either a mount or counted as malformed.
     let lines = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
-    assert_eq!(
-        parsed.mounts.len() + parsed.malformed_lines,
-        lines,
-        "mounts + malformed != non-empty lines"
-    );
+    assert_eq!(parsed.mounts.len() + parsed.malformed_lines, lines, "mounts + malformed != non-empty lines");
 
     // Every mount point is absolute.
     for m in &parsed.mounts {

@@ -18,9 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if first.is_ok() {
         // A parsed event implies a SUBSYSTEM=block property was present.
         assert!(
-            props
-                .iter()
-                .any(|(k, v)| k.as_bytes() == b"SUBSYSTEM" && v.as_bytes() == b"block"),
+            props.iter().any(|(k, v)| k.as_bytes() == b"SUBSYSTEM" && v.as_bytes() == b"block"),
             "event parsed without SUBSYSTEM=block: {first:?}"
         );
     }

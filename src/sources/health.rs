@@ -48,11 +48,7 @@ impl Drop for HeartbeatGuard {
 
 impl Default for Health {
     fn default() -> Self {
-        Health {
-            epoch: Instant::now(),
-            loops: Mutex::new(Vec::new()),
-            ready: AtomicBool::new(false),
-        }
+        Health { epoch: Instant::now(), loops: Mutex::new(Vec::new()), ready: AtomicBool::new(false) }
     }
 }
 
@@ -64,10 +60,7 @@ impl Health {
             busy_since: AtomicU64::new(0),
             epoch: self.epoch,
         });
-        self.loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(hb.clone());
+        self.loops.lock().unwrap_or_else(|e| e.into_inner()).push(hb.clone());
         hb
     }
 
@@ -83,8 +76,7 @@ impl Health {
                 }
                 let since = hb.busy_since.load(Ordering::Relaxed);
                 let busy_for = Duration::from_millis(now.saturating_sub(since));
-                (since != 0 && busy_for > stall_after)
-                    .then(|| format!("{}: busy for {:?}", hb.name, busy_for))
+                (since != 0 && busy_for > stall_after).then(|| format!("{}: busy for {:?}", hb.name, busy_for))
             })
             .collect();
         if problems.is_empty() {

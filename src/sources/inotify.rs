@@ -36,23 +36,13 @@ pub fn spawn(
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let inotify = Inotify::init()?;
     let (layout, sysfs) = (paths.layout(), paths.sysfs.clone());
-    std::thread::Builder::new()
-        .name("inotify".into())
-        .spawn(move || {
-            let _guard = hb.guard();
-            let mut watcher = TreeWatcher {
-                inotify,
-                layout,
-                sysfs,
-                watched: HashMap::new(),
-                tx,
-                clock,
-                hb,
-            };
-            if let Err(e) = watcher.run() {
-                tracing::error!(error = %e, "inotify source stopped");
-            }
-        })
+    std::thread::Builder::new().name("inotify".into()).spawn(move || {
+        let _guard = hb.guard();
+        let mut watcher = TreeWatcher { inotify, layout, sysfs, watched: HashMap::new(), tx, clock, hb };
+        if let Err(e) = watcher.run() {
+            tracing::error!(error = %e, "inotify source stopped");
+        }
+    })
 }
 
 struct TreeWatcher {
@@ -85,10 +75,7 @@ impl TreeWatcher {
         loop {
             self.wait_for_root();
             self.watch_everything();
-            if self
-                .send(Message::Rescan(RescanReason::WatchesReady))
-                .is_err()
-            {
+            if self.send(Message::Rescan(RescanReason::WatchesReady)).is_err() {
                 return Ok(());
             }
             match self.follow(&mut buffer)? {
@@ -110,11 +97,7 @@ impl TreeWatcher {
         let mut said = false;
         loop {
             // The configured root may be a symlink: follow it, as the layout does.
-            match self
-                .inotify
-                .watches()
-                .add(self.layout.root(), mask() - WatchMask::DONT_FOLLOW)
-            {
+            match self.inotify.watches().add(self.layout.root(), mask() - WatchMask::DONT_FOLLOW) {
                 Ok(wd) => {
                     self.watched.insert(wd, Watched::Root);
                     if said {
@@ -176,14 +159,7 @@ impl TreeWatcher {
             }
             // Absent is normal (not a hotplug pod, or it went away); a symlink or a file
             // gives ENOTDIR because of DONT_FOLLOW|ONLYDIR; the scan reports those.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(nix::libc::ENOENT | nix::libc::ENOTDIR)
-                ) =>
-            {
-                false
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ENOTDIR)) => false,
             Err(e) => {
                 // ENOSPC: out of watches (fs.inotify.max_user_watches). Periodic rescans
                 // still see the pod; say so, do not stop.
@@ -217,9 +193,7 @@ impl TreeWatcher {
                 }
                 match watched {
                     Some(Watched::Root) => {
-                        if ev.mask.intersects(
-                            EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
-                        ) {
+                        if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
                             root_gone = true;
                         } else if let Some(name) = ev.name.and_then(|n| n.to_str()) {
                             dirty.insert(name.to_string());
@@ -239,14 +213,9 @@ impl TreeWatcher {
                 return Ok(None);
             }
             if overflow {
-                tracing::warn!(
-                    "inotify queue overflowed; events were lost, re-watching and rescanning"
-                );
+                tracing::warn!("inotify queue overflowed; events were lost, re-watching and rescanning");
                 self.watch_everything();
-                if self
-                    .send(Message::Rescan(RescanReason::InotifyOverflow))
-                    .is_err()
-                {
+                if self.send(Message::Rescan(RescanReason::InotifyOverflow)).is_err() {
                     return Ok(Some(Hangup));
                 }
                 continue;
@@ -256,22 +225,9 @@ impl TreeWatcher {
                 self.watch_pod(&uid);
                 let seq = self.clock.next();
                 let scan = self.layout.scan_pod(&uid);
-                let mut obs = sysfs::observe_devices(
-                    &self.sysfs,
-                    seq,
-                    scan.disks.iter().flat_map(PodDisks::devices),
-                );
-                obs.push(Observation::Pod {
-                    seq,
-                    uid: scan.uid,
-                    disks: scan.disks,
-                });
-                let msg = Message::Observed {
-                    obs,
-                    source: SourceKind::Inotify,
-                    received,
-                    skipped: scan.skipped,
-                };
+                let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
+                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks });
+                let msg = Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped };
                 if self.send(msg).is_err() {
                     return Ok(Some(Hangup));
                 }

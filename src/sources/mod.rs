@@ -82,11 +82,7 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 3] = [
-        SourceKind::Inotify,
-        SourceKind::Uevent,
-        SourceKind::Mountinfo,
-    ];
+    pub const ALL: [SourceKind; 3] = [SourceKind::Inotify, SourceKind::Uevent, SourceKind::Mountinfo];
 
     pub fn metric_label(self) -> &'static str {
         match self {
@@ -127,15 +123,9 @@ pub enum ReadError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("cannot list block devices in {path}: {source}")]
-    Sysfs {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Sysfs { path: PathBuf, source: std::io::Error },
     #[error("cannot read mount table {path}: {source}")]
-    Mountinfo {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Mountinfo { path: PathBuf, source: std::io::Error },
 }
 
 /// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table.
@@ -150,25 +140,9 @@ pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
             pods.insert(uid, disks);
         }
     }
-    let devices = sysfs::list_block_devices(&paths.sysfs).map_err(|source| ReadError::Sysfs {
-        path: paths.sysfs.clone(),
-        source,
-    })?;
-    let (mounts, malformed_mount_lines) =
-        mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root).map_err(|source| {
-            ReadError::Mountinfo {
-                path: paths.mountinfo.clone(),
-                source,
-            }
-        })?;
-    Ok(NodeRead {
-        scan: FullScan {
-            seq,
-            pods,
-            devices,
-            mounts,
-        },
-        skipped,
-        malformed_mount_lines,
-    })
+    let devices = sysfs::list_block_devices(&paths.sysfs)
+        .map_err(|source| ReadError::Sysfs { path: paths.sysfs.clone(), source })?;
+    let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
+        .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
+    Ok(NodeRead { scan: FullScan { seq, pods, devices, mounts }, skipped, malformed_mount_lines })
 }

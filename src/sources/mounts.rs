@@ -20,10 +20,7 @@ use crate::layout::{KubeletLayout, MountSite};
 use crate::mountinfo;
 
 /// Mounts inside the kubelet tree, by where they sit; and how many lines were malformed.
-pub fn read_mounts(
-    mountinfo_path: &Path,
-    mount_root: &Path,
-) -> io::Result<(BTreeMap<MountSite, DevNum>, usize)> {
+pub fn read_mounts(mountinfo_path: &Path, mount_root: &Path) -> io::Result<(BTreeMap<MountSite, DevNum>, usize)> {
     let mut text = Vec::new();
     File::open(mountinfo_path)?.read_to_end(&mut text)?;
     Ok(relevant(&text, mount_root))
@@ -91,19 +88,11 @@ fn follow(
         file.read_to_end(&mut text)?;
         let (mounts, malformed) = relevant(&text, mount_root);
         if malformed > 0 {
-            tracing::warn!(
-                malformed,
-                "mount table has lines that do not parse; skipped"
-            );
+            tracing::warn!(malformed, "mount table has lines that do not parse; skipped");
         }
         let mut obs = sysfs::observe_devices(sysfs, seq, mounts.values().copied());
         obs.push(Observation::Mounts { seq, mounts });
-        let msg = Message::Observed {
-            obs,
-            source: SourceKind::Mountinfo,
-            received,
-            skipped: Vec::new(),
-        };
+        let msg = Message::Observed { obs, source: SourceKind::Mountinfo, received, skipped: Vec::new() };
         if tx.send(msg).is_err() {
             return Ok(()); // the engine is gone: shutting down
         }
@@ -124,18 +113,9 @@ garbage\n";
         let (m, bad) = relevant(text, Path::new("/k"));
         assert_eq!(bad, 1);
         assert_eq!(m.len(), 2);
+        assert_eq!(m[&MountSite::LauncherImage { pod: "L".into(), volume: "d".into() }], DevNum::new(7, 4));
         assert_eq!(
-            m[&MountSite::LauncherImage {
-                pod: "L".into(),
-                volume: "d".into()
-            }],
-            DevNum::new(7, 4)
-        );
-        assert_eq!(
-            m[&MountSite::PodVolume {
-                pod: "A".into(),
-                path: "kubernetes.io~csi/pv/mount".into()
-            }],
+            m[&MountSite::PodVolume { pod: "A".into(), path: "kubernetes.io~csi/pv/mount".into() }],
             DevNum::new(7, 4)
         );
     }

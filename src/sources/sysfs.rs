@@ -23,19 +23,11 @@ pub fn list_block_devices(sysfs: &Path) -> io::Result<BTreeSet<DevNum>> {
 /// The presence of each device, as read now, for a read that took `seq` before it began.
 /// A source that reads a node pointing at a device reads the device too, so the verdict
 /// never waits for a uevent that may come later (udevd re-broadcasts after its rules).
-pub fn observe_devices(
-    sysfs: &Path,
-    seq: Seq,
-    devices: impl IntoIterator<Item = DevNum>,
-) -> Vec<Observation> {
+pub fn observe_devices(sysfs: &Path, seq: Seq, devices: impl IntoIterator<Item = DevNum>) -> Vec<Observation> {
     let dir = sysfs.join("dev/block");
     let devices: BTreeSet<DevNum> = devices.into_iter().filter(|d| !d.is_anonymous()).collect();
     devices
         .into_iter()
-        .map(|device| Observation::Device {
-            seq,
-            device,
-            present: dir.join(device.to_string()).exists(),
-        })
+        .map(|device| Observation::Device { seq, device, present: dir.join(device.to_string()).exists() })
         .collect()
 }

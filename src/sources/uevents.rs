@@ -38,34 +38,27 @@ pub fn spawn(
     hb: Arc<Heartbeat>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
-    let handle = std::thread::Builder::new()
-        .name("uevents".into())
-        .spawn(move || {
-            let _guard = hb.guard();
-            let socket = match open(source, receive_buffer) {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            if let Err(e) = follow(&socket, &tx, &clock, &hb) {
-                tracing::error!(error = %e, "uevent source stopped");
+    let handle = std::thread::Builder::new().name("uevents".into()).spawn(move || {
+        let _guard = hb.guard();
+        let socket = match open(source, receive_buffer) {
+            Ok(s) => {
+                let _ = ready_tx.send(Ok(()));
+                s
             }
-        })?;
-    ready_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("uevent thread ended before listening"))??;
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        if let Err(e) = follow(&socket, &tx, &clock, &hb) {
+            tracing::error!(error = %e, "uevent source stopped");
+        }
+    })?;
+    ready_rx.recv().map_err(|_| std::io::Error::other("uevent thread ended before listening"))??;
     Ok(handle)
 }
 
-fn open(
-    source: UeventSource,
-    receive_buffer: Option<usize>,
-) -> std::io::Result<udev::MonitorSocket> {
+fn open(source: UeventSource, receive_buffer: Option<usize>) -> std::io::Result<udev::MonitorSocket> {
     let builder = match source {
         UeventSource::Kernel => udev::MonitorBuilder::new_kernel()?,
         UeventSource::Udev => udev::MonitorBuilder::new()?,
@@ -81,12 +74,7 @@ fn open(
     Ok(socket)
 }
 
-fn follow(
-    socket: &udev::MonitorSocket,
-    tx: &Sender,
-    clock: &SeqClock,
-    hb: &Heartbeat,
-) -> std::io::Result<()> {
+fn follow(socket: &udev::MonitorSocket, tx: &Sender, clock: &SeqClock, hb: &Heartbeat) -> std::io::Result<()> {
     loop {
         hb.idle();
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
@@ -99,13 +87,9 @@ fn follow(
         for event in socket.iter() {
             let received = Instant::now();
             let seq = clock.next();
-            let props: Vec<(OsString, OsString)> = event
-                .device()
-                .properties()
-                .map(|p| (p.name().to_owned(), p.value().to_owned()))
-                .collect();
-            let parsed =
-                uevent::from_properties(props.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
+            let props: Vec<(OsString, OsString)> =
+                event.device().properties().map(|p| (p.name().to_owned(), p.value().to_owned())).collect();
+            let parsed = uevent::from_properties(props.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
             let ev = match parsed {
                 Ok(ev) => ev,
                 Err(skip) => {
@@ -115,18 +99,9 @@ fn follow(
             };
             let present = ev.action != UeventAction::Remove;
             tracing::debug!(device = %ev.device, devname = ?ev.devname, present, "block uevent");
-            let obs = Observation::Device {
-                seq,
-                device: ev.device,
-                present,
-            };
+            let obs = Observation::Device { seq, device: ev.device, present };
             if tx
-                .send(Message::Observed {
-                    obs: vec![obs],
-                    source: SourceKind::Uevent,
-                    received,
-                    skipped: Vec::new(),
-                })
+                .send(Message::Observed { obs: vec![obs], source: SourceKind::Uevent, received, skipped: Vec::new() })
                 .is_err()
             {
                 return Ok(());
@@ -137,10 +112,7 @@ fn follow(
         if Errno::last() == Errno::ENOBUFS {
             Errno::clear();
             tracing::warn!("uevent receive buffer overflowed; events were lost, rescanning");
-            if tx
-                .send(Message::Rescan(RescanReason::UeventOverflow))
-                .is_err()
-            {
+            if tx.send(Message::Rescan(RescanReason::UeventOverflow)).is_err() {
                 return Ok(());
             }
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::inventory::{FullScan, Observation, Seq};
+use crate::inventory::{ClusterFacts, FullScan, Observation, Seq};
 
 const L1: &str = "launcher-1";
 const L2: &str = "launcher-2";
@@ -44,12 +44,7 @@ impl World {
         self
     }
     fn scan(&self, seq: Seq) -> FullScan {
-        FullScan {
-            seq,
-            pods: self.pods.clone(),
-            devices: self.devices.clone(),
-            mounts: self.mounts.clone(),
-        }
+        FullScan { seq, pods: self.pods.clone(), devices: self.devices.clone(), mounts: self.mounts.clone() }
     }
     fn judge(&self) -> Verdicts {
         let mut inv = Inventory::default();
@@ -59,17 +54,11 @@ impl World {
 }
 
 fn key(l: &str, v: &str) -> VolumeKey {
-    VolumeKey {
-        launcher: l.into(),
-        volume: v.into(),
-    }
+    VolumeKey { launcher: l.into(), volume: v.into() }
 }
 
 fn state(v: &Verdicts, l: &str, vol: &str) -> VolumeState {
-    v.volumes
-        .get(&key(l, vol))
-        .unwrap_or_else(|| panic!("no verdict for {l}/{vol}: {v:#?}"))
-        .state
+    v.volumes.get(&key(l, vol)).unwrap_or_else(|| panic!("no verdict for {l}/{vol}: {v:#?}")).state
 }
 
 fn safe(v: &Verdicts, pod: &str) -> bool {
@@ -78,39 +67,24 @@ fn safe(v: &Verdicts, pod: &str) -> bool {
 
 #[test]
 fn block_volume_goes_pending_then_ready() {
-    let w = World::default()
-        .launcher(L1, &[])
-        .attachment(A1, &[("disk1", d(1))])
-        .devices(&[d(1)]);
+    let w = World::default().launcher(L1, &[]).attachment(A1, &[("disk1", d(1))]).devices(&[d(1)]);
     let v = w.judge();
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Pending);
-    assert_eq!(
-        v.volumes[&key(L1, "disk1")].backing_pods,
-        BTreeSet::from([A1.to_string()])
-    );
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
     assert_eq!(v.volumes[&key(L1, "disk1")].device, None);
 
     let w = w.launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]);
     let v = w.judge();
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
     assert_eq!(v.volumes[&key(L1, "disk1")].device, Some(d(1)));
-    assert!(
-        !safe(&v, A1),
-        "the only pod serving a used device is not safe to delete"
-    );
+    assert!(!safe(&v, A1), "the only pod serving a used device is not safe to delete");
     assert_eq!(v.attachment_pods[A1].launcher.as_deref(), Some(L1));
 }
 
 #[test]
 fn device_gone_is_vanished_and_unserved_device_is_unbacked() {
     let w = World::default()
-        .launcher(
-            L1,
-            &[
-                ("disk1", LauncherEntry::Block(d(1))),
-                ("disk2", LauncherEntry::Block(d(2))),
-            ],
-        )
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1))), ("disk2", LauncherEntry::Block(d(2)))])
         .attachment(A1, &[("disk1", d(1))])
         .devices(&[d(2)]);
     let v = w.judge();
@@ -121,15 +95,10 @@ fn device_gone_is_vanished_and_unserved_device_is_unbacked() {
 
 #[test]
 fn swap_with_same_device_is_safe_with_new_device_is_not() {
-    let base = World::default()
-        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
-        .devices(&[d(1), d(2)]);
+    let base = World::default().launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]).devices(&[d(1), d(2)]);
 
     // Kernel rbd: both attachment pods expose the same device.
-    let shared = base
-        .clone()
-        .attachment(A1, &[("disk1", d(1))])
-        .attachment(A2, &[("disk1", d(1)), ("disk2", d(2))]);
+    let shared = base.clone().attachment(A1, &[("disk1", d(1))]).attachment(A2, &[("disk1", d(1)), ("disk2", d(2))]);
     let v = shared.judge();
     assert!(safe(&v, A1) && safe(&v, A2));
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
@@ -137,20 +106,11 @@ fn swap_with_same_device_is_safe_with_new_device_is_not() {
     assert_eq!(state(&v, L1, "disk2"), VolumeState::Pending);
 
     // nbd: the new pod got a new device for the same volume.
-    let fresh = base
-        .attachment(A1, &[("disk1", d(1))])
-        .attachment(A2, &[("disk1", d(3))])
-        .devices(&[d(3)]);
+    let fresh = base.attachment(A1, &[("disk1", d(1))]).attachment(A2, &[("disk1", d(3))]).devices(&[d(3)]);
     let v = fresh.judge();
     assert!(!safe(&v, A1), "deleting the old pod would orphan 7:1");
-    assert!(
-        safe(&v, A2),
-        "the new pod backs nothing the launcher uses yet"
-    );
-    assert_eq!(
-        v.attachment_pods[A1].sole_backer_of,
-        BTreeSet::from([key(L1, "disk1")])
-    );
+    assert!(safe(&v, A2), "the new pod backs nothing the launcher uses yet");
+    assert_eq!(v.attachment_pods[A1].sole_backer_of, BTreeSet::from([key(L1, "disk1")]));
 
     // The controller deletes the old pod: the launcher's node is now unbacked, and once
     // the storage driver tears the device down, vanished.
@@ -163,31 +123,16 @@ fn swap_with_same_device_is_safe_with_new_device_is_not() {
 
 #[test]
 fn filesystem_volume_follows_its_mount_and_device() {
-    let img = MountSite::LauncherImage {
-        pod: L1.into(),
-        volume: "fs1".into(),
-    };
-    let pvc = MountSite::PodVolume {
-        pod: A1.into(),
-        path: "kubernetes.io~csi/pv1/mount".into(),
-    };
-    let base = World::default()
-        .launcher(L1, &[("fs1", LauncherEntry::Image)])
-        .attachment(A1, &[]);
+    let img = MountSite::LauncherImage { pod: L1.into(), volume: "fs1".into() };
+    let pvc = MountSite::PodVolume { pod: A1.into(), path: "kubernetes.io~csi/pv1/mount".into() };
+    let base = World::default().launcher(L1, &[("fs1", LauncherEntry::Image)]).attachment(A1, &[]);
     assert_eq!(state(&base.judge(), L1, "fs1"), VolumeState::Pending);
 
-    let mounted = base
-        .clone()
-        .mount(img.clone(), d(5))
-        .mount(pvc.clone(), d(5))
-        .devices(&[d(5)]);
+    let mounted = base.clone().mount(img.clone(), d(5)).mount(pvc.clone(), d(5)).devices(&[d(5)]);
     let v = mounted.judge();
     assert_eq!(state(&v, L1, "fs1"), VolumeState::Ready);
     assert_eq!(v.volumes[&key(L1, "fs1")].mode, VolumeMode::Filesystem);
-    assert_eq!(
-        v.attachment_pods[A1].volumes,
-        BTreeSet::from(["fs1".to_string()])
-    );
+    assert_eq!(v.attachment_pods[A1].volumes, BTreeSet::from(["fs1".to_string()]));
     assert!(!safe(&v, A1));
 
     let mut gone = mounted.clone();
@@ -201,14 +146,8 @@ fn filesystem_volume_follows_its_mount_and_device() {
 
 #[test]
 fn anonymous_devices_count_as_present_while_mounted() {
-    let img = MountSite::LauncherImage {
-        pod: L1.into(),
-        volume: "nfs".into(),
-    };
-    let pvc = MountSite::PodVolume {
-        pod: A1.into(),
-        path: "kubernetes.io~nfs/pv".into(),
-    };
+    let img = MountSite::LauncherImage { pod: L1.into(), volume: "nfs".into() };
+    let pvc = MountSite::PodVolume { pod: A1.into(), path: "kubernetes.io~nfs/pv".into() };
     let w = World::default()
         .launcher(L1, &[("nfs", LauncherEntry::Image)])
         .attachment(A1, &[])
@@ -219,26 +158,39 @@ fn anonymous_devices_count_as_present_while_mounted() {
 
 #[test]
 fn owner_is_unknown_with_several_launchers_until_cluster_mode_says() {
-    let w = World::default()
-        .launcher(L1, &[])
-        .launcher(L2, &[])
-        .attachment(A1, &[("disk1", d(1))])
-        .devices(&[d(1)]);
+    let w = World::default().launcher(L1, &[]).launcher(L2, &[]).attachment(A1, &[("disk1", d(1))]).devices(&[d(1)]);
     let v = w.judge();
     assert_eq!(v.attachment_pods[A1].launcher, None);
-    assert!(
-        v.volumes.is_empty(),
-        "no launcher to file the pending volume under: {v:#?}"
-    );
+    assert!(v.volumes.is_empty(), "no launcher to file the pending volume under: {v:#?}");
 
     let mut inv = Inventory::default();
     inv.apply(Observation::FullScan(w.scan(1)));
-    inv.apply(Observation::Owner {
-        attachment: A1.into(),
-        launcher: Some(L2.into()),
-    });
+    inv.apply(Observation::Cluster(ClusterFacts {
+        owners: BTreeMap::from([(A1.to_string(), L2.to_string())]),
+        spec_volumes: BTreeMap::from([(L2.to_string(), BTreeSet::from(["disk1".to_string()]))]),
+    }));
     let v = judge(&inv);
     assert_eq!(state(&v, L2, "disk1"), VolumeState::Pending);
+    assert_eq!(v.volumes[&key(L2, "disk1")].in_spec, Some(true));
+}
+
+#[test]
+fn a_volume_that_left_the_spec_is_no_alarm() {
+    let w = World::default()
+        .launcher(L1, &[("kept", LauncherEntry::Block(d(1))), ("unplugged", LauncherEntry::Block(d(2)))])
+        .devices(&[]);
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(w.scan(1)));
+    let standalone = judge(&inv);
+    assert!(standalone.volumes.values().all(|v| v.in_spec.is_none() && v.is_alarm()), "unknown spec: alarm");
+    inv.apply(Observation::Cluster(ClusterFacts {
+        owners: BTreeMap::new(),
+        spec_volumes: BTreeMap::from([(L1.to_string(), BTreeSet::from(["kept".to_string()]))]),
+    }));
+    let v = judge(&inv);
+    assert_eq!(state(&v, L1, "unplugged"), VolumeState::Vanished);
+    assert!(!v.volumes[&key(L1, "unplugged")].is_alarm(), "unplug in progress");
+    assert!(v.volumes[&key(L1, "kept")].is_alarm(), "vanished under a running VM");
 }
 
 #[test]
@@ -273,28 +225,14 @@ fn transitions_name_what_changed_and_nothing_else() {
 #[test]
 fn stale_reads_lose_to_newer_ones_and_to_a_rescan() {
     let mut inv = Inventory::default();
-    let w = World::default()
-        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
-        .attachment(A1, &[("disk1", d(1))]);
+    let w = World::default().launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]).attachment(A1, &[("disk1", d(1))]);
     inv.apply(Observation::FullScan(w.scan(10)));
     // A uevent read before the scan started says the device is there: ignored.
-    inv.apply(Observation::Device {
-        seq: 5,
-        device: d(1),
-        present: true,
-    });
+    inv.apply(Observation::Device { seq: 5, device: d(1), present: true });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Vanished);
     // One read after the scan wins; an older one arriving late does not undo it.
-    inv.apply(Observation::Device {
-        seq: 12,
-        device: d(1),
-        present: true,
-    });
-    inv.apply(Observation::Device {
-        seq: 11,
-        device: d(1),
-        present: false,
-    });
+    inv.apply(Observation::Device { seq: 12, device: d(1), present: true });
+    inv.apply(Observation::Device { seq: 11, device: d(1), present: false });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
     // A scan that started before that uevent keeps it.
     inv.apply(Observation::FullScan(
@@ -328,21 +266,13 @@ enum Change {
 }
 
 fn change() -> impl Strategy<Value = Change> {
-    let (l, a, v, dv) = (
-        0..LAUNCHERS.len(),
-        0..ATTACHMENTS.len(),
-        0..VOLUMES.len(),
-        1u32..5,
-    );
+    let (l, a, v, dv) = (0..LAUNCHERS.len(), 0..ATTACHMENTS.len(), 0..VOLUMES.len(), 1u32..5);
     prop_oneof![
         (l.clone(), v.clone(), dv.clone()).prop_map(|(l, v, d)| Change::LauncherBlock(l, v, d)),
         (l.clone(), v.clone()).prop_map(|(l, v)| Change::LauncherImage(l, v)),
         (l.clone(), v.clone()).prop_map(|(l, v)| Change::LauncherRemoveVolume(l, v)),
         l.clone().prop_map(Change::LauncherGone),
-        (
-            a.clone(),
-            proptest::collection::vec((v.clone(), dv.clone()), 0..3)
-        )
+        (a.clone(), proptest::collection::vec((v.clone(), dv.clone()), 0..3))
             .prop_map(|(a, vs)| Change::Attachment(a, vs)),
         a.clone().prop_map(Change::AttachmentGone),
         (l.clone(), v.clone(), dv.clone()).prop_map(|(l, v, d)| Change::Mount(l, v, d)),
@@ -362,10 +292,7 @@ enum Touched {
 
 impl World {
     fn launcher_entries(&mut self, l: usize) -> &mut BTreeMap<String, LauncherEntry> {
-        let e = self
-            .pods
-            .entry(LAUNCHERS[l].into())
-            .or_insert_with(|| PodDisks::Launcher(BTreeMap::new()));
+        let e = self.pods.entry(LAUNCHERS[l].into()).or_insert_with(|| PodDisks::Launcher(BTreeMap::new()));
         match e {
             PodDisks::Launcher(m) => m,
             PodDisks::Attachment(_) => unreachable!("launcher and attachment names are distinct"),
@@ -375,13 +302,11 @@ impl World {
     fn change(&mut self, c: &Change) -> Touched {
         match c {
             Change::LauncherBlock(l, v, dv) => {
-                self.launcher_entries(*l)
-                    .insert(VOLUMES[*v].into(), LauncherEntry::Block(d(*dv)));
+                self.launcher_entries(*l).insert(VOLUMES[*v].into(), LauncherEntry::Block(d(*dv)));
                 Touched::Pod(LAUNCHERS[*l].into())
             }
             Change::LauncherImage(l, v) => {
-                self.launcher_entries(*l)
-                    .insert(VOLUMES[*v].into(), LauncherEntry::Image);
+                self.launcher_entries(*l).insert(VOLUMES[*v].into(), LauncherEntry::Image);
                 Touched::Pod(LAUNCHERS[*l].into())
             }
             Change::LauncherRemoveVolume(l, v) => {
@@ -393,12 +318,8 @@ impl World {
                 Touched::Pod(LAUNCHERS[*l].into())
             }
             Change::Attachment(a, vols) => {
-                let m = vols
-                    .iter()
-                    .map(|(v, dv)| (VOLUMES[*v].to_string(), d(*dv)))
-                    .collect();
-                self.pods
-                    .insert(ATTACHMENTS[*a].into(), PodDisks::Attachment(m));
+                let m = vols.iter().map(|(v, dv)| (VOLUMES[*v].to_string(), d(*dv))).collect();
+                self.pods.insert(ATTACHMENTS[*a].into(), PodDisks::Attachment(m));
                 Touched::Pod(ATTACHMENTS[*a].into())
             }
             Change::AttachmentGone(a) => {
@@ -406,30 +327,17 @@ impl World {
                 Touched::Pod(ATTACHMENTS[*a].into())
             }
             Change::Mount(l, v, dv) => {
-                self.mounts.insert(
-                    MountSite::LauncherImage {
-                        pod: LAUNCHERS[*l].into(),
-                        volume: VOLUMES[*v].into(),
-                    },
-                    d(*dv),
-                );
+                self.mounts
+                    .insert(MountSite::LauncherImage { pod: LAUNCHERS[*l].into(), volume: VOLUMES[*v].into() }, d(*dv));
                 Touched::Mounts
             }
             Change::AttachmentMount(a, dv) => {
-                self.mounts.insert(
-                    MountSite::PodVolume {
-                        pod: ATTACHMENTS[*a].into(),
-                        path: "csi/pv/mount".into(),
-                    },
-                    d(*dv),
-                );
+                self.mounts
+                    .insert(MountSite::PodVolume { pod: ATTACHMENTS[*a].into(), path: "csi/pv/mount".into() }, d(*dv));
                 Touched::Mounts
             }
             Change::Unmount(l, v) => {
-                self.mounts.remove(&MountSite::LauncherImage {
-                    pod: LAUNCHERS[*l].into(),
-                    volume: VOLUMES[*v].into(),
-                });
+                self.mounts.remove(&MountSite::LauncherImage { pod: LAUNCHERS[*l].into(), volume: VOLUMES[*v].into() });
                 Touched::Mounts
             }
             Change::DeviceAdd(dv) => {
@@ -446,20 +354,9 @@ impl World {
     /// The observation a source sends after `touched` changed: it reads the current state.
     fn observe(&self, touched: Touched, seq: Seq) -> Observation {
         match touched {
-            Touched::Pod(uid) => Observation::Pod {
-                seq,
-                disks: self.pods.get(&uid).cloned(),
-                uid,
-            },
-            Touched::Device(dev) => Observation::Device {
-                seq,
-                device: dev,
-                present: self.devices.contains(&dev),
-            },
-            Touched::Mounts => Observation::Mounts {
-                seq,
-                mounts: self.mounts.clone(),
-            },
+            Touched::Pod(uid) => Observation::Pod { seq, disks: self.pods.get(&uid).cloned(), uid },
+            Touched::Device(dev) => Observation::Device { seq, device: dev, present: self.devices.contains(&dev) },
+            Touched::Mounts => Observation::Mounts { seq, mounts: self.mounts.clone() },
         }
     }
 }

@@ -45,11 +45,7 @@ fn next_loop_index() -> u32 {
 }
 
 fn loop_control(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
-    let ctl = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/loop-control")
-        .expect("open /dev/loop-control");
+    let ctl = fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").expect("open /dev/loop-control");
     // SAFETY: plain integer ioctl on a file we own.
     let r = unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request, index as nix::libc::c_ulong) };
     nix::errno::Errno::result(r)
@@ -69,13 +65,7 @@ impl LoopDevice {
         loop {
             let index = next_loop_index();
             match loop_control(LOOP_CTL_ADD, index) {
-                Ok(_) => {
-                    return LoopDevice {
-                        index,
-                        removed: false,
-                        backing_attached: false,
-                    }
-                }
+                Ok(_) => return LoopDevice { index, removed: false, backing_attached: false },
                 Err(nix::errno::Errno::EEXIST) => continue,
                 Err(e) => panic!("LOOP_CTL_ADD {index}: {e}"),
             }
@@ -85,11 +75,7 @@ impl LoopDevice {
     /// Adds the device with this index again: same `7:N`, a new disk.
     pub fn re_add(index: u32) -> Self {
         loop_control(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));
-        LoopDevice {
-            index,
-            removed: false,
-            backing_attached: false,
-        }
+        LoopDevice { index, removed: false, backing_attached: false }
     }
 
     pub fn dev(&self) -> DevNum {
@@ -102,24 +88,10 @@ impl LoopDevice {
 
     /// Backs the device with a file (`LOOP_SET_FD`), e.g. to put a filesystem on it.
     pub fn attach_file(&mut self, file: &Path) {
-        let backing = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(file)
-            .expect("open backing file");
-        let dev = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.path())
-            .expect("open loop device");
+        let backing = fs::OpenOptions::new().read(true).write(true).open(file).expect("open backing file");
+        let dev = fs::OpenOptions::new().read(true).write(true).open(self.path()).expect("open loop device");
         // SAFETY: LOOP_SET_FD takes a file descriptor as its argument.
-        let r = unsafe {
-            nix::libc::ioctl(
-                dev.as_raw_fd(),
-                LOOP_SET_FD,
-                backing.as_raw_fd() as nix::libc::c_ulong,
-            )
-        };
+        let r = unsafe { nix::libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd() as nix::libc::c_ulong) };
         nix::errno::Errno::result(r).expect("LOOP_SET_FD");
         self.backing_attached = true;
     }
@@ -221,13 +193,8 @@ impl KubeletTree {
 }
 
 pub fn make_block_node(path: &Path, dev: DevNum) {
-    mknod(
-        path,
-        SFlag::S_IFBLK,
-        Mode::from_bits_truncate(0o660),
-        makedev(dev.major.into(), dev.minor.into()),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+    mknod(path, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(dev.major.into(), dev.minor.into()))
+        .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------- mounts
@@ -238,26 +205,14 @@ pub struct Mounted(pub PathBuf);
 impl Mounted {
     pub fn filesystem(device: &Path, target: &Path, fstype: &str) -> Self {
         fs::create_dir_all(target).unwrap();
-        nix::mount::mount(
-            Some(device),
-            target,
-            Some(fstype),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("mount {} on {}: {e}", device.display(), target.display()));
+        nix::mount::mount(Some(device), target, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+            .unwrap_or_else(|e| panic!("mount {} on {}: {e}", device.display(), target.display()));
         Mounted(target.to_path_buf())
     }
 
     pub fn bind(source: &Path, target: &Path) -> Self {
-        nix::mount::mount(
-            Some(source),
-            target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("bind {} on {}: {e}", source.display(), target.display()));
+        nix::mount::mount(Some(source), target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .unwrap_or_else(|e| panic!("bind {} on {}: {e}", source.display(), target.display()));
         Mounted(target.to_path_buf())
     }
 
@@ -273,16 +228,8 @@ impl Drop for Mounted {
 }
 
 pub fn mkfs_ext4(device: &Path) {
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(device)
-        .output()
-        .expect("run mkfs.ext4 (e2fsprogs)");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(device).output().expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 // ---------------------------------------------------------------- the agent
@@ -294,20 +241,13 @@ pub fn agent_binary() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => {
             let exe = std::env::current_exe().expect("current_exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>")
-                .join("hotplug-watchdog")
+            exe.parent().and_then(Path::parent).expect("target/<profile>").join("hotplug-watchdog")
         }
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The real binary, `run --standalone`, killed on drop; its log kept for failure messages.
@@ -338,11 +278,7 @@ impl Agent {
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("start agent");
-        let mut agent = Agent {
-            child: Some(child),
-            port,
-            log,
-        };
+        let mut agent = Agent { child: Some(child), port, log };
         agent.wait_http();
         agent
     }
@@ -354,10 +290,7 @@ impl Agent {
                 return;
             }
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                panic!(
-                    "agent exited ({status}) before serving HTTP; log:\n{}",
-                    self.log()
-                );
+                panic!("agent exited ({status}) before serving HTTP; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -371,11 +304,7 @@ impl Agent {
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).ok()?;
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -385,8 +314,7 @@ impl Agent {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.try_get(path)
-            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log()))
+        self.try_get(path).unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log()))
     }
 
     pub fn metrics(&self) -> String {
@@ -398,9 +326,7 @@ impl Agent {
     }
 
     pub fn wait_ready(&self) {
-        self.wait_until("ready", Duration::from_secs(20), |a| {
-            a.get("/readyz").0 == 200
-        });
+        self.wait_until("ready", Duration::from_secs(20), |a| a.get("/readyz").0 == 200);
     }
 
     /// Polls until `cond` holds; a bounded wait, not a timing assertion.
@@ -412,11 +338,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "timed out after {timeout:?} waiting for {what}\nreport: {}\nlog:\n{}",
-            self.get("/scan").1,
-            self.log()
-        );
+        panic!("timed out after {timeout:?} waiting for {what}\nreport: {}\nlog:\n{}", self.get("/scan").1, self.log());
     }
 
     /// Waits until the volume `launcher/volume` reaches `state` (`None`: is not reported).
@@ -428,11 +350,9 @@ impl Agent {
     }
 
     pub fn wait_handoff(&self, pod: &str, safe: bool) {
-        self.wait_until(
-            &format!("{pod} handoff_safe={safe}"),
-            Duration::from_secs(10),
-            |a| handoff_safe(&a.report(), pod) == Some(safe),
-        );
+        self.wait_until(&format!("{pod} handoff_safe={safe}"), Duration::from_secs(10), |a| {
+            handoff_safe(&a.report(), pod) == Some(safe)
+        });
     }
 
     pub fn pid(&self) -> u32 {
@@ -442,11 +362,8 @@ impl Agent {
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
         child.wait().unwrap()
     }
 }
@@ -460,15 +377,8 @@ impl Drop for Agent {
     }
 }
 
-pub fn volume_entry<'a>(
-    report: &'a serde_json::Value,
-    launcher: &str,
-    volume: &str,
-) -> Option<&'a serde_json::Value> {
-    report["volumes"]
-        .as_array()?
-        .iter()
-        .find(|v| v["pod_uid"] == launcher && v["volume"] == volume)
+pub fn volume_entry<'a>(report: &'a serde_json::Value, launcher: &str, volume: &str) -> Option<&'a serde_json::Value> {
+    report["volumes"].as_array()?.iter().find(|v| v["pod_uid"] == launcher && v["volume"] == volume)
 }
 
 pub fn volume_state(report: &serde_json::Value, launcher: &str, volume: &str) -> Option<String> {
@@ -476,21 +386,14 @@ pub fn volume_state(report: &serde_json::Value, launcher: &str, volume: &str) ->
 }
 
 pub fn handoff_safe(report: &serde_json::Value, pod: &str) -> Option<bool> {
-    report["attachment_pods"]
-        .as_array()?
-        .iter()
-        .find(|p| p["pod_uid"] == pod)
-        .and_then(|p| p["handoff_safe"].as_bool())
+    report["attachment_pods"].as_array()?.iter().find(|p| p["pod_uid"] == pod).and_then(|p| p["handoff_safe"].as_bool())
 }
 
 /// The value of one sample line of the metrics text, e.g.
 /// `hotplug_watchdog_rescans_total{reason="periodic"}`; 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
@@ -504,11 +407,7 @@ pub fn scan_json(kubelet_root: &Path, mountinfo: &Path) -> serde_json::Value {
         .arg(mountinfo)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "scan failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "scan failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("scan prints JSON")
 }
 
