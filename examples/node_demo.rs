@@ -95,7 +95,7 @@ fn scenario(shared_device: bool) -> bool {
         t.say("agent", "disk1 VANISHED under the running VM: this is kubevirt#6564 / #9708");
         let m = agent.metrics();
         let series = format!(
-            "hotplug_watchdog_device_vanished_total{{pod_uid=\"{LAUNCHER}\",volume=\"disk1\",namespace=\"\",vmi=\"\"}}"
+            "hotplug_watchdog_device_vanished_total{{pod_uid=\"{LAUNCHER}\",volume=\"disk1\",namespace=\"\",vmi=\"\",pod=\"\"}}"
         );
         ok &= expect(&agent, &t, &format!("metric {series} = {}", metric(&m, &series)), metric(&m, &series) == 1.0);
     }

@@ -27,14 +27,14 @@ pub struct VolumeLabels {
     pub volume: String,
     pub namespace: String,
     pub vmi: String,
+    /// The launcher pod's name.
+    pub pod: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VolumeStateLabels {
-    pod_uid: String,
-    volume: String,
-    namespace: String,
-    vmi: String,
+    #[prometheus(flatten)]
+    volume: VolumeLabels,
     state: &'static str,
 }
 
@@ -43,6 +43,7 @@ struct PodLabels {
     pod_uid: String,
     namespace: String,
     vmi: String,
+    pod: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,12 +77,18 @@ impl Published {
             volume: key.volume.clone(),
             namespace: n.namespace.unwrap_or_default(),
             vmi: n.vmi.unwrap_or_default(),
+            pod: n.pod.unwrap_or_default(),
         }
     }
 
     fn pod_labels(&self, uid: &PodUid) -> PodLabels {
         let n = self.names.get(uid).cloned().unwrap_or_default();
-        PodLabels { pod_uid: uid.clone(), namespace: n.namespace.unwrap_or_default(), vmi: n.vmi.unwrap_or_default() }
+        PodLabels {
+            pod_uid: uid.clone(),
+            namespace: n.namespace.unwrap_or_default(),
+            vmi: n.vmi.unwrap_or_default(),
+            pod: n.pod.unwrap_or_default(),
+        }
     }
 }
 
@@ -232,13 +239,7 @@ impl Collector for VerdictGauges {
         for (key, v) in &p.verdicts.volumes {
             let l = p.volume_labels(key);
             for state in VolumeState::ALL {
-                let labels = VolumeStateLabels {
-                    pod_uid: l.pod_uid.clone(),
-                    volume: l.volume.clone(),
-                    namespace: l.namespace.clone(),
-                    vmi: l.vmi.clone(),
-                    state: state.as_str(),
-                };
+                let labels = VolumeStateLabels { volume: l.clone(), state: state.as_str() };
                 ConstGauge::new(i64::from(v.state == state)).encode(m.encode_family(&labels)?)?;
             }
         }

@@ -15,6 +15,8 @@ use crate::verdict::{Verdicts, VolumeMode, VolumeState};
 pub struct PodNames {
     pub namespace: Option<String>,
     pub vmi: Option<String>,
+    /// The pod's own name.
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -36,6 +38,10 @@ pub struct VolumeReport {
     pub backing_pods: Vec<PodUid>,
     pub namespace: Option<String>,
     pub vmi: Option<String>,
+    /// The launcher pod's name.
+    pub pod: Option<String>,
+    /// Whether the VMI's spec still has the volume; `false`: an unplug is in progress.
+    pub in_spec: Option<bool>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -49,6 +55,8 @@ pub struct AttachmentPodReport {
     pub sole_backer_of: Vec<String>,
     pub namespace: Option<String>,
     pub vmi: Option<String>,
+    /// The attachment pod's name.
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -74,6 +82,8 @@ impl Report {
                     backing_pods: v.backing_pods.iter().cloned().collect(),
                     namespace: n.namespace,
                     vmi: n.vmi,
+                    pod: n.pod,
+                    in_spec: v.in_spec,
                 }
             })
             .collect();
@@ -90,6 +100,7 @@ impl Report {
                     sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
                     namespace: n.namespace,
                     vmi: n.vmi,
+                    pod: n.pod,
                 }
             })
             .collect();

@@ -53,7 +53,7 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
         "seen through a uevent"
     );
     assert_eq!(metric(&m, "hotplug_watchdog_rescans_total{reason=\"periodic\"}"), 0.0);
-    let labels = format!("pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\"");
+    let labels = format!("pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\",pod=\"\"");
     assert_eq!(metric(&m, &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
     assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_device_present{{{labels}}}")), 0.0);
     assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_state{{{labels},state=\"vanished\"}}")), 1.0);
@@ -141,7 +141,7 @@ fn swap_to_a_pod_with_a_new_device_is_unsafe_then_unbacked_then_vanished() {
         metric(
             &m,
             &format!(
-                "hotplug_watchdog_device_vanished_total{{pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\"}}"
+                "hotplug_watchdog_device_vanished_total{{pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\",pod=\"\"}}"
             )
         ),
         1.0
