@@ -88,6 +88,12 @@ pub struct RunArgs {
     /// Run without Kubernetes: node truth only, no API server.
     #[arg(long, env = "HOTPLUG_WATCHDOG_STANDALONE")]
     pub standalone: bool,
+    /// This node's name, as the API server knows it (from the downward API in a pod).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// A kubeconfig file; without it, the pod's in-cluster service account is used.
+    #[arg(long, env = "HOTPLUG_WATCHDOG_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Address for /metrics, /healthz, /readyz and /scan.
     #[arg(long, env = "HOTPLUG_WATCHDOG_LISTEN", default_value = "0.0.0.0:9746")]
     pub listen: SocketAddr,

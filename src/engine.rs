@@ -8,9 +8,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::inventory::{Inventory, Observation};
-use crate::layout::{SkipReason, Skipped};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::cluster::events::VmiEvent;
+use crate::cluster::view::{ClusterView, VmiRef};
+use crate::inventory::{ClusterFacts, Inventory, Observation};
+use crate::layout::{PodUid, SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
+use crate::notice::{notices, Notice};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock};
 use crate::verdict::{judge, transitions, Transitions, Verdicts, VolumeKey, VolumeState};
@@ -30,6 +35,9 @@ pub struct Engine {
     skipped_changed: bool,
     pending_since: HashMap<VolumeKey, Instant>,
     scan_failure_logged: bool,
+    /// Cluster mode: each launcher pod's VMI, and where Events go.
+    vmis: BTreeMap<PodUid, VmiRef>,
+    events: Option<UnboundedSender<VmiEvent>>,
 }
 
 impl Engine {
@@ -54,7 +62,15 @@ impl Engine {
             skipped_changed: false,
             pending_since: HashMap::new(),
             scan_failure_logged: false,
+            vmis: BTreeMap::new(),
+            events: None,
         }
+    }
+
+    /// Cluster mode: notices also become Events on the VMI.
+    pub fn with_events(mut self, events: UnboundedSender<VmiEvent>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Runs until every sender is gone.
@@ -94,6 +110,7 @@ impl Engine {
                     Message::Rescan(reason) => {
                         rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
                     }
+                    Message::Cluster(view) => self.apply_cluster(*view),
                 }
             }
             let scanned = rescan.map(|reason| self.rescan(reason));
@@ -106,6 +123,13 @@ impl Engine {
                 self.health.set_ready(ok);
             }
         }
+    }
+
+    fn apply_cluster(&mut self, view: ClusterView) {
+        self.inventory
+            .apply(Observation::Cluster(ClusterFacts { owners: view.owners, spec_volumes: view.spec_volumes }));
+        self.published.write().unwrap_or_else(|e| e.into_inner()).names = view.names;
+        self.vmis = view.vmis;
     }
 
     /// Reads the whole node; `false` when it could not.
@@ -191,23 +215,19 @@ impl Engine {
         let changes = transitions(&self.verdicts, &new);
         self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
         let latency = earliest.elapsed().as_secs_f64();
-        self.record(&changes, latency);
+        self.record(&changes, &new, latency);
+        for n in notices(&self.verdicts, &new, &changes) {
+            self.tell(n);
+        }
         self.verdicts = new;
     }
 
-    fn record(&mut self, changes: &Transitions, latency: f64) {
-        let labels = |key: &VolumeKey| self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(key);
+    /// Metrics and logs for every transition.
+    fn record(&mut self, changes: &Transitions, new: &Verdicts, latency: f64) {
         for t in &changes.volumes {
             let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
             let device = t.device.map(|d| d.to_string());
-            match t.to {
-                Some(VolumeState::Vanished) | Some(VolumeState::Unbacked) => {
-                    tracing::warn!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume lost its device or backing")
-                }
-                _ => {
-                    tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state")
-                }
-            }
+            tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
                 continue;
@@ -215,8 +235,10 @@ impl Engine {
             self.metrics.transitions_total.get_or_create(&StateLabel { state: state.as_str() }).inc();
             self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
             match state {
-                VolumeState::Vanished => {
-                    self.metrics.vanished_total.get_or_create(&labels(k)).inc();
+                // An unplug in progress loses its device on purpose: not counted.
+                VolumeState::Vanished if new.volumes[k].is_alarm() => {
+                    let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
+                    self.metrics.vanished_total.get_or_create(&labels).inc();
                 }
                 VolumeState::Pending => {
                     self.pending_since.entry(k.clone()).or_insert_with(Instant::now);
@@ -226,27 +248,30 @@ impl Engine {
                         self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
                     }
                 }
-                VolumeState::Unbacked => {}
+                VolumeState::Vanished | VolumeState::Unbacked => {}
             }
         }
         for h in &changes.handoffs {
-            match h.to {
-                Some(false) => {
-                    let orphans: Vec<String> = self.verdicts_after(&h.pod);
-                    tracing::warn!(pod_uid = %h.pod, ?orphans, "attachment pod is not safe to delete: it alone serves devices in use")
-                }
-                Some(true) => tracing::info!(pod_uid = %h.pod, "attachment pod is safe to delete"),
-                None => tracing::info!(pod_uid = %h.pod, "attachment pod gone"),
-            }
+            tracing::info!(pod_uid = %h.pod, from = ?h.from, to = ?h.to, "attachment pod handoff safety");
         }
     }
 
-    fn verdicts_after(&self, pod: &str) -> Vec<String> {
-        let p = self.published.read().unwrap_or_else(|e| e.into_inner());
-        p.verdicts
-            .attachment_pods
-            .get(pod)
-            .map(|a| a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect())
-            .unwrap_or_default()
+    /// A notice goes to the log, and as an Event on the VMI when the VMI is known.
+    fn tell(&self, n: Notice) {
+        let vmi = self.vmis.get(&n.launcher);
+        let (namespace, name) = (vmi.map(|v| v.namespace.as_str()), vmi.map(|v| v.name.as_str()));
+        if n.kind.is_warning() {
+            tracing::warn!(reason = n.kind.reason(), launcher_pod_uid = %n.launcher, ?namespace, vmi = ?name, "{}", n.message);
+        } else {
+            tracing::info!(reason = n.kind.reason(), launcher_pod_uid = %n.launcher, ?namespace, vmi = ?name, "{}", n.message);
+        }
+        if let (Some(events), Some(vmi)) = (&self.events, vmi) {
+            let _ = events.send(VmiEvent {
+                vmi: vmi.clone(),
+                warning: n.kind.is_warning(),
+                reason: n.kind.reason(),
+                note: n.message,
+            });
+        }
     }
 }

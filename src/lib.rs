@@ -1,4 +1,5 @@
 pub mod cli;
+pub mod cluster;
 pub mod device;
 pub mod engine;
 pub mod http;
@@ -6,6 +7,7 @@ pub mod inventory;
 pub mod layout;
 pub mod metrics;
 pub mod mountinfo;
+pub mod notice;
 pub mod report;
 pub mod sources;
 pub mod uevent;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
+use hotplug_watchdog::cluster;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::http;
 use hotplug_watchdog::inventory::{Inventory, Observation};
@@ -54,9 +55,14 @@ fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.standalone {
-        anyhow::bail!("cluster mode is not available yet; pass --standalone to watch the node without Kubernetes");
-    }
+    // Cluster mode needs to know which node it is on; say so before anything starts.
+    let node_name = match (&args.node_name, args.standalone) {
+        (_, true) => None,
+        (Some(n), false) if !n.is_empty() => Some(n.clone()),
+        _ => {
+            anyhow::bail!("cluster mode needs --node-name (or NODE_NAME); pass --standalone to run without Kubernetes")
+        }
+    };
     init_logging(&args)?;
     let paths = args.node.paths();
     let (tx, rx) = mpsc::channel();
@@ -78,17 +84,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("cannot listen for block uevents")?;
     sources::mounts::spawn(paths.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
         .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
-    sources::inotify::spawn(&paths, tx, clock.clone(), health.register("inotify")).context("cannot start inotify")?;
-
-    let engine =
-        Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
-    let engine_hb = health.register("engine");
-    std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
+    sources::inotify::spawn(&paths, tx.clone(), clock.clone(), health.register("inotify"))
+        .context("cannot start inotify")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        let mut engine =
+            Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
+        if let Some(node) = node_name.clone() {
+            // Building the client reads configuration only; the API server may be down.
+            let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
+            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+            engine = engine.with_events(events_tx);
+            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone()));
+            tokio::spawn(cluster::events::run(client, node, events_rx, metrics.events_total.clone()));
+        } else {
+            drop(tx);
+        }
+        let engine_hb = health.register("engine");
+        std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
+
         let listener = http::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running (standalone)");
+        let mode = if node_name.is_some() { "cluster" } else { "standalone" };
+        tracing::info!(mode, node = ?node_name, listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running");
         let state = http::AppState { metrics, published, health, stall_after: args.stall_timeout };
         http::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("shut down");

@@ -57,6 +57,17 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub reason: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
 }
@@ -104,6 +115,8 @@ pub struct Metrics {
     pub source_events_total: Family<SourceLabel, Counter>,
     pub skipped_entries: Family<ReasonLabel, Gauge>,
     pub scan_duration: Histogram,
+    pub api_requests_total: Family<VerbLabel, Counter>,
+    pub events_total: Family<EventLabels, Counter>,
 }
 
 impl Metrics {
@@ -148,6 +161,14 @@ impl Metrics {
         );
         let scan_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         registry.register("rescan_duration_seconds", "Time to read the whole node once", scan_duration.clone());
+        let api_requests_total = Family::<VerbLabel, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server, by verb (watch counts each watch opened)",
+            api_requests_total.clone(),
+        );
+        let events_total = Family::<EventLabels, Counter>::default();
+        registry.register("events", "Kubernetes Events recorded on VMIs, by reason and result", events_total.clone());
         registry.register_collector(Box::new(VerdictGauges(published)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
@@ -174,6 +195,8 @@ impl Metrics {
             source_events_total,
             skipped_entries,
             scan_duration,
+            api_requests_total,
+            events_total,
         }
     }
 

@@ -11,6 +11,8 @@ pub struct Health {
     epoch: Instant,
     loops: Mutex<Vec<Arc<Heartbeat>>>,
     ready: AtomicBool,
+    /// Other reasons not to be ready (an API watch out of sync), by name.
+    unready: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[derive(Debug)]
@@ -48,7 +50,12 @@ impl Drop for HeartbeatGuard {
 
 impl Default for Health {
     fn default() -> Self {
-        Health { epoch: Instant::now(), loops: Mutex::new(Vec::new()), ready: AtomicBool::new(false) }
+        Health {
+            epoch: Instant::now(),
+            loops: Mutex::new(Vec::new()),
+            ready: AtomicBool::new(false),
+            unready: Mutex::new(Default::default()),
+        }
     }
 }
 
@@ -92,5 +99,29 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records (`Some(why)`) or clears (`None`) a reason not to be ready.
+    pub fn set_unready(&self, name: &'static str, why: Option<String>) {
+        let mut unready = self.unready.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => unready.insert(name, why),
+            None => unready.remove(name),
+        };
+    }
+
+    /// `Err` says every reason the agent is not ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        if !self.is_ready() {
+            reasons.push("node: no full scan of the node yet".to_string());
+        }
+        let unready = self.unready.lock().unwrap_or_else(|e| e.into_inner());
+        reasons.extend(unready.iter().map(|(name, why)| format!("{name}: {why}")));
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
     }
 }

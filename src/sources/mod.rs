@@ -105,6 +105,8 @@ pub enum Message {
         skipped: Vec<Skipped>,
     },
     Rescan(RescanReason),
+    /// What the API server says about this node's objects (cluster mode).
+    Cluster(Box<crate::cluster::view::ClusterView>),
 }
 
 pub type Sender = std::sync::mpsc::Sender<Message>;

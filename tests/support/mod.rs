@@ -2,6 +2,8 @@
 //! Shared by the integration tests and the node demo; each test uses what it needs.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -171,7 +173,16 @@ impl KubeletTree {
     pub fn attachment(&self, uid: &str) -> PathBuf {
         let dir = self.hotplug_dir(uid);
         fs::create_dir_all(&dir).unwrap();
-        drop(std::os::unix::net::UnixListener::bind(dir.join("hp.sock")).expect("bind hp.sock"));
+        // A socket path must fit in sun_path (108 bytes); temp paths with pod UIDs do not:
+        // bind at a short path, then move the socket into place.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let short = std::env::temp_dir().join(format!(
+            "hp-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        drop(std::os::unix::net::UnixListener::bind(&short).expect("bind hp.sock"));
+        fs::rename(&short, dir.join("hp.sock")).expect("move hp.sock into place");
         dir
     }
 
@@ -263,17 +274,32 @@ impl Agent {
     }
 
     pub fn start_with_mountinfo(kubelet_root: &Path, mountinfo: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["--standalone".into()];
+        args.extend(extra.iter().map(Into::into));
+        Self::launch(kubelet_root, mountinfo, &args)
+    }
+
+    /// Cluster mode on `node`, talking to the API server through `kubeconfig`.
+    pub fn start_cluster(kubelet_root: &Path, kubeconfig: &Path, node: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["--node-name".into(), node.into(), "--kubeconfig".into()];
+        args.push(kubeconfig.into());
+        args.extend(extra.iter().map(Into::into));
+        Self::launch(kubelet_root, Path::new("/proc/self/mountinfo"), &args)
+    }
+
+    fn launch(kubelet_root: &Path, mountinfo: &Path, args: &[std::ffi::OsString]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(agent_binary())
             .env("HOTPLUG_WATCHDOG_LOG_LEVEL", "debug")
-            .args(["run", "--standalone", "--listen"])
+            .env_remove("NODE_NAME")
+            .args(["run", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--kubelet-root")
             .arg(kubelet_root)
             .arg("--mountinfo")
             .arg(mountinfo)
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()

@@ -1,0 +1,46 @@
+//! The Kubernetes client: in-cluster config or a kubeconfig, with every request counted by
+//! verb so that the agent's load on the API server is a metric, not a guess.
+
+use std::path::Path;
+
+use http::{Method, Request};
+use kube::client::{Body, ClientBuilder};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::VerbLabel;
+
+/// `watch` is a GET with `watch=true`: counted apart, it is the one request a steady state
+/// keeps open.
+fn verb(req: &Request<Body>) -> &'static str {
+    let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    match *req.method() {
+        Method::GET if watch => "watch",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+pub async fn connect(kubeconfig: Option<&Path>, requests: Family<VerbLabel, Counter>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => Config::incluster().map_err(|e| {
+            anyhow::anyhow!("not in a pod ({e}); pass --kubeconfig, or --standalone to run without Kubernetes")
+        })?,
+    };
+    let count = tower::util::MapRequestLayer::new(move |req: Request<Body>| {
+        requests.get_or_create(&VerbLabel { verb: verb(&req) }).inc();
+        req
+    });
+    Ok(ClientBuilder::try_from(config)?.with_layer(&count).build())
+}

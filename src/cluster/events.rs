@@ -1,0 +1,69 @@
+//! Kubernetes Events (events.k8s.io/v1) on the VMI for transitions a person should see.
+//! The engine decides which transitions deserve one (only transitions, so never one per
+//! rescan); this sink only writes them. kube's recorder folds repeats of the same event
+//! into a series within minutes.
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::view::VmiRef;
+use crate::metrics::EventLabels;
+
+/// An Event the engine wants on a VMI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmiEvent {
+    pub vmi: VmiRef,
+    pub warning: bool,
+    /// PascalCase, e.g. `HotplugDeviceVanished`.
+    pub reason: &'static str,
+    pub note: String,
+}
+
+pub async fn run(
+    client: Client,
+    node: String,
+    mut rx: UnboundedReceiver<VmiEvent>,
+    sent: Family<EventLabels, Counter>,
+) {
+    let recorder = Recorder::new(client, Reporter { controller: "hotplug-watchdog".into(), instance: Some(node) });
+    while let Some(ev) = rx.recv().await {
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("kubevirt.io/v1".into()),
+            kind: Some("VirtualMachineInstance".into()),
+            namespace: Some(ev.vmi.namespace.clone()),
+            name: Some(ev.vmi.name.clone()),
+            uid: Some(ev.vmi.uid.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: if ev.warning { EventType::Warning } else { EventType::Normal },
+            reason: ev.reason.into(),
+            note: Some(truncate(&ev.note, 1000)),
+            action: "Observe".into(),
+            secondary: None,
+        };
+        let result = match recorder.publish(&event, &reference).await {
+            Ok(()) => "sent",
+            Err(e) => {
+                tracing::warn!(vmi = %ev.vmi.name, namespace = %ev.vmi.namespace, reason = ev.reason, error = %e, "cannot record Event");
+                "failed"
+            }
+        };
+        sent.get_or_create(&EventLabels { reason: ev.reason, result }).inc();
+    }
+}
+
+/// Events carry at most 1 kB of note.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

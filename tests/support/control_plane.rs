@@ -1,0 +1,321 @@
+//! A real control plane for tests: etcd and kube-apiserver built from Go modules by
+//! `tools/control-plane/build.sh`, started on free loopback ports with a test CA (the way
+//! envtest does it), with the KubeVirt VMI CRD and the agent's RBAC from `deploy/`
+//! installed. Killed, and its directory removed, on drop, even when a test panics.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The agent's identity, as `deploy/serviceaccount.yaml` names it.
+pub const AGENT_USER: &str = "system:serviceaccount:hotplug-watchdog:hotplug-watchdog";
+
+/// Where build.sh put the binaries (it builds them on first use; later calls are instant).
+fn binaries() -> PathBuf {
+    if let Ok(dir) = std::env::var("HOTPLUG_WATCHDOG_CONTROL_PLANE") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("bash")
+        .arg(Path::new(REPO).join("tools/control-plane/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tools/control-plane/build.sh");
+    assert!(out.status.success(), "tools/control-plane/build.sh failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("build.sh prints the directory").trim())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, the API server's serving certificate, an admin client certificate
+/// (system:masters) and the service-account signing key.
+fn make_pki(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            days[0],
+            days[1],
+        ],
+    );
+    fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subj, ext) in
+        [("server", "/CN=kube-apiserver", "server.ext"), ("admin", "/O=system:masters/CN=admin", "client.ext")]
+    {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                subj,
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.crt"),
+                days[0],
+                days[1],
+            ],
+        );
+    }
+    openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
+    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+}
+
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    etcd_url: String,
+    pub port: u16,
+    pub rt: tokio::runtime::Runtime,
+    pub admin: Client,
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        let bin = binaries();
+        let dir = tempfile::tempdir().unwrap();
+        make_pki(&dir.path().join("pki"));
+        let (client_port, peer_port) = (free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Command::new(bin.join("etcd"))
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .arg("--unsafe-no-fsync=true")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("start etcd");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let port = free_port();
+        let kubeconfig = write_kubeconfig(dir.path(), port, None);
+        let admin = rt.block_on(client_from(&kubeconfig));
+        let mut cp = ControlPlane { dir, bin, etcd: Some(etcd), apiserver: None, etcd_url, port, rt, admin };
+        cp.start_apiserver();
+        cp.install_fixtures();
+        cp
+    }
+
+    fn pki(&self, f: &str) -> String {
+        self.dir.path().join("pki").join(f).display().to_string()
+    }
+
+    /// Starts (or restarts) the API server on the same port, over the same etcd.
+    pub fn start_apiserver(&mut self) {
+        assert!(self.apiserver.is_none(), "already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("apiserver.log")).unwrap();
+        let child = Command::new(self.bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers={}", self.etcd_url))
+            .arg(format!("--cert-dir={}", self.dir.path().join("certs").display()))
+            .arg(format!("--tls-cert-file={}", self.pki("server.crt")))
+            .arg(format!("--tls-private-key-file={}", self.pki("server.key")))
+            .arg(format!("--secure-port={}", self.port))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"])
+            .args(["--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true", "--authorization-mode=RBAC"])
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", self.pki("sa.pub")))
+            .arg(format!("--service-account-signing-key-file={}", self.pki("sa.key")))
+            .arg(format!("--client-ca-file={}", self.pki("ca.crt")))
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        self.apiserver = Some(child);
+        self.wait_ready();
+    }
+
+    /// Kills the API server (etcd keeps the data).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut c) = self.apiserver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let ok = self.rt.block_on(async {
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                self.admin.request_text(req).await.is_ok_and(|t| t.trim() == "ok")
+            });
+            if ok {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.apiserver.as_mut().map(|c| c.try_wait()) {
+                panic!("kube-apiserver exited ({status}):\n{}", self.log_tail());
+            }
+            assert!(Instant::now() < deadline, "kube-apiserver not ready in 90 s:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default();
+        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    fn install_fixtures(&self) {
+        self.rt.block_on(async {
+            let crd: CustomResourceDefinition =
+                yaml(&Path::new(REPO).join("tools/control-plane/fixtures/kubevirt-vmi-crd.yaml"));
+            let crds: Api<CustomResourceDefinition> = Api::all(self.admin.clone());
+            crds.create(&PostParams::default(), &crd).await.expect("create VMI CRD");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let c = crds.get("virtualmachineinstances.kubevirt.io").await.unwrap();
+                let established = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "VMI CRD not established");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let pp = PostParams::default();
+            Api::<Namespace>::all(self.admin.clone())
+                .create(&pp, &yaml(&Path::new(REPO).join("deploy/namespace.yaml")))
+                .await
+                .unwrap();
+            Api::<ServiceAccount>::namespaced(self.admin.clone(), "hotplug-watchdog")
+                .create(&pp, &yaml(&Path::new(REPO).join("deploy/serviceaccount.yaml")))
+                .await
+                .unwrap();
+            let rbac = fs::read_to_string(Path::new(REPO).join("deploy/rbac.yaml")).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&rbac) {
+                let value = serde_yaml::Value::deserialize(doc).unwrap();
+                match value["kind"].as_str() {
+                    Some("ClusterRole") => {
+                        let role: ClusterRole = serde_yaml::from_value(value).unwrap();
+                        Api::<ClusterRole>::all(self.admin.clone()).create(&pp, &role).await.unwrap();
+                    }
+                    Some("ClusterRoleBinding") => {
+                        let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
+                        Api::<ClusterRoleBinding>::all(self.admin.clone()).create(&pp, &b).await.unwrap();
+                    }
+                    other => panic!("unexpected kind {other:?} in deploy/rbac.yaml"),
+                }
+            }
+        });
+    }
+
+    /// A kubeconfig that authenticates as admin and acts as the agent's ServiceAccount on
+    /// `node` (impersonation, with the node-name extra a bound token would carry): the
+    /// agent gets exactly the permissions of `deploy/`.
+    pub fn agent_kubeconfig(&self, node: &str) -> PathBuf {
+        write_kubeconfig(self.dir.path(), self.port, Some(node))
+    }
+
+    /// A client acting as the agent, for tests of what its role allows.
+    pub fn agent_client(&self, node: &str) -> Client {
+        let path = self.agent_kubeconfig(node);
+        self.rt.block_on(client_from(&path))
+    }
+}
+
+use serde::Deserialize;
+
+fn yaml<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_yaml::from_str(&fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn write_kubeconfig(dir: &Path, port: u16, as_agent_on: Option<&str>) -> PathBuf {
+    let pki = dir.join("pki");
+    let impersonation = match as_agent_on {
+        Some(node) => format!(
+            "    as: {AGENT_USER}\n    as-user-extra:\n      authentication.kubernetes.io/node-name: [\"{node}\"]\n"
+        ),
+        None => String::new(),
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: user\n  user:\n    client-certificate: {crt}\n    client-key: {key}\n{impersonation}contexts:\n- name: test\n  context:\n    cluster: test\n    user: user\ncurrent-context: test\n",
+        ca = pki.join("ca.crt").display(),
+        crt = pki.join("admin.crt").display(),
+        key = pki.join("admin.key").display(),
+    );
+    let name = match as_agent_on {
+        Some(node) => format!("agent-{node}.kubeconfig"),
+        None => "admin.kubeconfig".into(),
+    };
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+async fn client_from(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop_apiserver();
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
