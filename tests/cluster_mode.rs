@@ -215,3 +215,141 @@ fn the_agent_role_allows_reading_and_events_only() {
     });
     let _ = vm;
 }
+
+fn readyz(agent: &Agent) -> (u16, String) {
+    agent.get("/readyz")
+}
+
+/// CPU seconds the agent process used so far (utime + stime).
+fn cpu_seconds(agent: &Agent) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid())).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64
+}
+
+#[test]
+fn api_server_absent_at_start_then_down_then_back() {
+    if !require_root("api_server_absent_at_start_then_down_then_back") {
+        return;
+    }
+    let mut cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    let tree = KubeletTree::new();
+    let mut disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let kubeconfig = cp.agent_kubeconfig(NODE);
+    cp.stop_apiserver();
+
+    // No API server: the node side works, readiness says what is missing.
+    let agent = Agent::start_cluster(&tree.root, &kubeconfig, NODE, &["--rescan-interval", "1h"]);
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("ready"));
+    let (status, body) = readyz(&agent);
+    assert_eq!(status, 503);
+    assert!(body.contains("pod watch") && body.contains("VMI watch"), "{body}");
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert_eq!(entry(&agent, &vm.launcher_uid, "disk1")["vmi"], serde_json::Value::Null);
+    let cpu = cpu_seconds(&agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_cpu = cpu_seconds(&agent) - cpu;
+    println!("agent CPU while the API server is absent: {idle_cpu:.3} s over 3 s");
+    assert!(idle_cpu < 1.0, "backoff, not a busy loop: {idle_cpu} s of CPU in 3 s");
+
+    // The server arrives: the watches sync, names appear.
+    cp.start_apiserver();
+    agent.wait_until("ready with names", Duration::from_secs(60), |a| {
+        readyz(a).0 == 200 && entry(a, &vm.launcher_uid, "disk1")["vmi"] == "vm1"
+    });
+
+    // It goes away again: node truth goes on, readiness tells.
+    cp.stop_apiserver();
+    disk.remove();
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("vanished"));
+    agent.wait_until("not ready while the watches fail", Duration::from_secs(60), |a| readyz(a).0 == 503);
+    assert!(metric(&agent.metrics(), "hotplug_watchdog_transitions_total{state=\"vanished\"}") >= 0.0);
+    assert_eq!(entry(&agent, &vm.launcher_uid, "disk1")["vmi"], "vm1", "the last view stays in force");
+
+    cp.start_apiserver();
+    agent.wait_until("ready again", Duration::from_secs(60), |a| readyz(a).0 == 200);
+    assert_eq!(agent.get("/healthz").0, 200);
+}
+
+#[test]
+fn deleted_and_recreated_objects_converge() {
+    if !require_root("deleted_and_recreated_objects_converge") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    let tree = KubeletTree::new();
+    let disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
+    agent.wait_until("synced", Duration::from_secs(30), |a| entry(a, &vm.launcher_uid, "disk1")["in_spec"] == true);
+
+    // The attachment pod is replaced by one with another name and UID.
+    let new_uid = cp.rt.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), NS);
+        pods.delete("hp-volume-aaaaa", &DeleteParams::default()).await.unwrap();
+        create_attachment_pod(&cp, "hp-volume-bbbbb", &vm.launcher_uid).await
+    });
+    tree.attachment(&new_uid);
+    tree.attach_block(&new_uid, "disk1", disk.dev());
+    tree.remove_pod(&vm.attachment_uid);
+    agent.wait_until("the new attachment pod by name", Duration::from_secs(20), |a| {
+        let r = a.report();
+        let pods = r["attachment_pods"].as_array().unwrap();
+        pods.len() == 1 && pods[0]["pod"] == "hp-volume-bbbbb" && pods[0]["vmi"] == "vm1"
+    });
+
+    // The VMI is deleted: its spec is unknown, so nothing claims an unplug; the launcher
+    // still names it through its ownerReference.
+    cp.rt.block_on(async { vmi_api(&cp).delete("vm1", &DeleteParams::default()).await.unwrap() });
+    agent.wait_until("spec unknown", Duration::from_secs(20), |a| {
+        entry(a, &vm.launcher_uid, "disk1")["in_spec"].is_null()
+    });
+    assert_eq!(entry(&agent, &vm.launcher_uid, "disk1")["vmi"], "vm1");
+    assert_eq!(entry(&agent, &vm.launcher_uid, "disk1")["state"], "ready");
+}
+
+#[test]
+fn steady_state_makes_no_api_requests() {
+    if !require_root("steady_state_makes_no_api_requests") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    let tree = KubeletTree::new();
+    let disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &[]);
+    agent.wait_until("synced", Duration::from_secs(30), |a| {
+        readyz(a).0 == 200 && entry(a, &vm.launcher_uid, "disk1")["vmi"] == "vm1"
+    });
+    let requests = |a: &Agent| {
+        let m = a.metrics();
+        ["watch", "get", "create", "update", "patch", "delete", "other"]
+            .map(|verb| (verb, metric(&m, &format!("hotplug_watchdog_api_requests_total{{verb=\"{verb}\"}}"))))
+    };
+    let before = requests(&agent);
+    std::thread::sleep(Duration::from_secs(60));
+    let after = requests(&agent);
+    println!("API requests at sync: {before:?}");
+    println!("API requests in 60 s of steady state:");
+    for ((verb, b), (_, a)) in before.iter().zip(after.iter()) {
+        println!("  {verb:<7} {}", a - b);
+    }
+    assert!(before[0].1 >= 2.0, "two watches opened: {before:?}");
+    for ((verb, b), (_, a)) in before.iter().zip(after.iter()) {
+        assert_eq!(a - b, 0.0, "{verb} requests in a steady state");
+    }
+}

@@ -1,8 +1,8 @@
 //! Cluster mode: node-scoped watches of this node's VMIs and KubeVirt pods, turned into a
 //! [`ClusterView`] for the engine, and Events written back. The node side never waits for
 //! the API server: with the server absent or down, the engine keeps judging the node and
-//! the last view stays in force until the watches resume (with backoff; a 410 Gone makes
-//! the watcher list again).
+//! the last view stays in force until the watches resume (with backoff, each time with a
+//! fresh list, which also answers a 410 Gone).
 
 pub mod client;
 pub mod events;
@@ -10,12 +10,16 @@ pub mod view;
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
@@ -43,65 +47,139 @@ impl Watched {
     }
 }
 
+/// What one watch reports to the loop that builds the view.
+enum Update<K> {
+    /// A complete list: the watch is (again) in sync.
+    Listed(Vec<K>),
+    Applied(K),
+    Deleted(K),
+    Failed(String),
+}
+
+/// The objects one watch holds, by UID; complete once `synced`.
+struct Objects<K> {
+    by_uid: BTreeMap<String, K>,
+    synced: bool,
+    failing: bool,
+}
+
+impl<K: Resource> Objects<K> {
+    fn new() -> Self {
+        Objects { by_uid: BTreeMap::new(), synced: false, failing: false }
+    }
+
+    fn uid(o: &K) -> String {
+        o.meta().uid.clone().unwrap_or_default()
+    }
+
+    fn apply(&mut self, which: Watched, update: Update<K>, health: &Health) {
+        match update {
+            Update::Listed(list) => {
+                if !self.synced || self.failing {
+                    tracing::info!(watch = which.condition(), objects = list.len(), "API watch in sync");
+                }
+                self.by_uid = list.into_iter().map(|o| (Self::uid(&o), o)).collect();
+                (self.synced, self.failing) = (true, false);
+                health.set_unready(which.condition(), None);
+            }
+            Update::Applied(o) => {
+                self.by_uid.insert(Self::uid(&o), o);
+            }
+            Update::Deleted(o) => {
+                self.by_uid.remove(&Self::uid(&o));
+            }
+            Update::Failed(e) => {
+                if !self.failing {
+                    tracing::warn!(watch = which.condition(), error = %e, "API watch failing; retrying with backoff, node checks go on");
+                }
+                self.failing = true;
+                health.set_unready(which.condition(), Some(format!("failing: {e}")));
+            }
+        }
+    }
+}
+
+/// Follows one kind of object. Any error ends the watch; after a backoff it starts over
+/// with a list, so that "in sync" always means a complete list was seen since the error
+/// (a watch that resumes quietly would leave readiness guessing).
+async fn follow<K>(api: Api<K>, config: watcher::Config, which: Watched, tx: UnboundedSender<(Watched, Update<K>)>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
+        let mut listing = Vec::new();
+        while let Some(event) = stream.next().await {
+            let update = match event {
+                Ok(watcher::Event::Init) => {
+                    listing.clear();
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    listing.push(o);
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    backoff = BACKOFF_MIN;
+                    Update::Listed(std::mem::take(&mut listing))
+                }
+                Ok(watcher::Event::Apply(o)) => Update::Applied(o),
+                Ok(watcher::Event::Delete(o)) => Update::Deleted(o),
+                Err(e) => Update::Failed(e.to_string()),
+            };
+            let failed = matches!(update, Update::Failed(_));
+            if tx.send((which, update)).is_err() {
+                return;
+            }
+            if failed {
+                break;
+            }
+        }
+        // Jitter keeps a fleet of agents from reconnecting in step after an outage.
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 250));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Watches forever; sends a new view to the engine whenever it changes.
 pub async fn watch(client: Client, node: String, tx: Sender, health: Arc<Health>) {
     let pod_config = watcher::Config::default()
         .fields(&format!("spec.nodeName={node}"))
         .labels(&format!("{LABEL_KUBEVIRT} in ({LAUNCHER_ROLE},{ATTACHMENT_ROLE})"));
     let vmi_config = watcher::Config::default().labels(&format!("{LABEL_NODE_NAME}={node}"));
-
-    let pod_writer: Writer<Pod> = Writer::new(());
-    let pods = pod_writer.as_reader();
-    let ar = vmi_resource();
-    let vmi_writer: Writer<DynamicObject> = Writer::new(ar.clone());
-    let vmis = vmi_writer.as_reader();
-
     for w in [Watched::Pods, Watched::Vmis] {
         health.set_unready(w.condition(), Some("not synced yet".into()));
     }
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), pod_config)
-        .default_backoff()
-        .reflect(pod_writer)
-        .map(|e| (Watched::Pods, e.map(|ev| matches!(ev, watcher::Event::InitDone))));
-    let vmi_events = watcher(Api::<DynamicObject>::all_with(client, &ar), vmi_config)
-        .default_backoff()
-        .reflect(vmi_writer)
-        .map(|e| (Watched::Vmis, e.map(|ev| matches!(ev, watcher::Event::InitDone))));
-    // A burst of changes makes one view.
-    let mut events = std::pin::pin!(futures::stream::select(pod_events, vmi_events).ready_chunks(512));
+    let (pod_tx, mut pod_rx) = unbounded_channel();
+    let (vmi_tx, mut vmi_rx) = unbounded_channel();
+    tokio::spawn(follow(Api::<Pod>::all(client.clone()), pod_config, Watched::Pods, pod_tx));
+    tokio::spawn(follow(Api::<DynamicObject>::all_with(client, &vmi_resource()), vmi_config, Watched::Vmis, vmi_tx));
 
-    let mut synced = [false, false];
-    let mut failing = [false, false];
+    let (mut pods, mut vmis) = (Objects::<Pod>::new(), Objects::<DynamicObject>::new());
     let mut last_sent: Option<ClusterView> = None;
-    while let Some(batch) = events.next().await {
-        for (which, result) in batch {
-            let i = which as usize;
-            match result {
-                Ok(init_done) => {
-                    if init_done || synced[i] {
-                        if !synced[i] || failing[i] {
-                            tracing::info!(watch = which.condition(), "API watch in sync");
-                        }
-                        synced[i] = true;
-                        failing[i] = false;
-                        health.set_unready(which.condition(), None);
-                    }
-                }
-                Err(e) => {
-                    if !failing[i] {
-                        tracing::warn!(watch = which.condition(), error = %e, "API watch failing; retrying with backoff, node checks go on");
-                    }
-                    failing[i] = true;
-                    health.set_unready(which.condition(), Some(format!("failing: {e}")));
-                }
-            }
+    loop {
+        tokio::select! {
+            Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
+            Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
+            else => return,
         }
-        // Until both stores hold a complete list, a view would claim volumes left specs.
-        if !(synced[0] && synced[1]) {
+        // A burst of changes makes one view.
+        while let Ok((w, u)) = pod_rx.try_recv() {
+            pods.apply(w, u, &health);
+        }
+        while let Ok((w, u)) = vmi_rx.try_recv() {
+            vmis.apply(w, u, &health);
+        }
+        // Until both hold a complete list, a view would claim volumes left specs.
+        if !(pods.synced && vmis.synced) {
             continue;
         }
-        let (pod_list, vmi_list) = (pods.state(), vmis.state());
-        let view = ClusterView::build(pod_list.iter().map(|p| p.as_ref()), vmi_list.iter().map(|v| v.as_ref()));
+        let view = ClusterView::build(pods.by_uid.values(), vmis.by_uid.values());
         if last_sent.as_ref() != Some(&view) {
             last_sent = Some(view.clone());
             if tx.send(Message::Cluster(Box::new(view))).is_err() {
