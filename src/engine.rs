@@ -216,7 +216,12 @@ impl Engine {
         self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, &new, latency);
-        for n in notices(&self.verdicts, &new, &changes) {
+        let found = {
+            let p = self.published.read().unwrap_or_else(|e| e.into_inner());
+            let pod_name = |uid: &PodUid| p.names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.clone());
+            notices(&self.verdicts, &new, &changes, pod_name)
+        };
+        for n in found {
             self.tell(n);
         }
         self.verdicts = new;

@@ -60,7 +60,13 @@ pub fn unsafe_handoffs(v: &Verdicts) -> BTreeSet<PodUid> {
         .collect()
 }
 
-pub fn notices(old: &Verdicts, new: &Verdicts, changes: &Transitions) -> Vec<Notice> {
+/// `pod_name` says a pod the way a person knows it (its name in cluster mode, else its UID).
+pub fn notices(
+    old: &Verdicts,
+    new: &Verdicts,
+    changes: &Transitions,
+    pod_name: impl Fn(&PodUid) -> String,
+) -> Vec<Notice> {
     let mut out = Vec::new();
     for t in &changes.volumes {
         let Some(v) = new.volumes.get(&t.key) else { continue };
@@ -81,7 +87,7 @@ pub fn notices(old: &Verdicts, new: &Verdicts, changes: &Transitions) -> Vec<Not
             }
             _ => format!(
                 "hotplug volume {name}: device {device} present, served by attachment pod(s) {}",
-                v.backing_pods.iter().cloned().collect::<Vec<_>>().join(", ")
+                v.backing_pods.iter().map(&pod_name).collect::<Vec<_>>().join(", ")
             ),
         };
         out.push(Notice { kind, launcher: k.launcher.clone(), message });
@@ -101,8 +107,9 @@ pub fn notices(old: &Verdicts, new: &Verdicts, changes: &Transitions) -> Vec<Not
             kind: NoticeKind::HandoffUnsafe,
             launcher: a.launcher.clone().expect("unsafe_handoffs only returns pods with a launcher"),
             message: format!(
-                "attachment pod {pod} is the only one serving {}; a newer attachment pod does not serve the same device, so deleting {pod} now would tear the disk down",
-                orphans.join(", ")
+                "attachment pod {name} is the only one serving {}; a newer attachment pod does not serve the same device, so deleting {name} now would tear the disk down",
+                orphans.join(", "),
+                name = pod_name(pod),
             ),
         });
     }
@@ -138,7 +145,7 @@ mod tests {
     }
 
     fn kinds(old: &Verdicts, new: &Verdicts) -> Vec<NoticeKind> {
-        notices(old, new, &transitions(old, new)).into_iter().map(|n| n.kind).collect()
+        notices(old, new, &transitions(old, new), Clone::clone).into_iter().map(|n| n.kind).collect()
     }
 
     #[test]
@@ -148,8 +155,8 @@ mod tests {
         assert!(unsafe_handoffs(&steady).is_empty(), "a lone attachment pod is normal");
         let swap = verdicts(&[launcher(d1), attach("old", d1), attach("new", d2)], &[d1, d2]);
         assert_eq!(kinds(&steady, &swap), vec![NoticeKind::HandoffUnsafe]);
-        let n = &notices(&steady, &swap, &transitions(&steady, &swap))[0];
-        assert!(n.message.contains("old") && n.message.contains("disk1 (7:1)"), "{}", n.message);
+        let n = &notices(&steady, &swap, &transitions(&steady, &swap), |uid| format!("name-of-{uid}"))[0];
+        assert!(n.message.contains("name-of-old") && n.message.contains("disk1 (7:1)"), "{}", n.message);
         assert_eq!(kinds(&swap, &swap), vec![], "nothing new, nothing said");
 
         let deleted = verdicts(&[launcher(d1), attach("new", d2)], &[d1, d2]);

@@ -126,6 +126,20 @@ fn names_events_and_unplugs_on_a_real_control_plane() {
     assert_eq!(att["pod"], "hp-volume-aaaaa");
     assert_eq!(att["vmi"], "vm1");
     assert_eq!(att["launcher_pod_uid"], vm.launcher_uid.as_str());
+
+    // A new attachment pod with a new device for disk1 (nbd-like): the old one is the only
+    // one serving the VM's device, and a Warning says deleting it now would hurt.
+    let swap_dev = LoopDevice::add();
+    let new_uid = cp.rt.block_on(create_attachment_pod(&cp, "hp-volume-bbbbb", &vm.launcher_uid));
+    tree.attachment(&new_uid);
+    tree.attach_block(&new_uid, "disk1", swap_dev.dev());
+    agent.wait_until("a HotplugHandoffUnsafe Event", Duration::from_secs(20), |_| {
+        !vmi_events(&cp, "HotplugHandoffUnsafe").is_empty()
+    });
+    let unsafe_events = vmi_events(&cp, "HotplugHandoffUnsafe");
+    let note = unsafe_events[0].note.clone().unwrap();
+    assert!(note.contains("attachment pod hp-volume-aaaaa is the only one serving disk1"), "{note}");
+    tree.remove_pod(&new_uid);
     let labels = |vol: &str| {
         format!(
             "pod_uid=\"{}\",volume=\"{vol}\",namespace=\"{NS}\",vmi=\"vm1\",pod=\"virt-launcher-vm1-abcde\"",
