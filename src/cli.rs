@@ -71,6 +71,12 @@ pub enum Format {
 pub struct ScanArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Also ask the API server for namespaces, VMI and pod names (two list requests).
+    #[arg(long, env = "HOTPLUG_WATCHDOG_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name for those lists; defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

@@ -8,7 +8,7 @@ use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::http;
-use hotplug_watchdog::inventory::{Inventory, Observation};
+use hotplug_watchdog::inventory::{ClusterFacts, Inventory, Observation};
 use hotplug_watchdog::metrics::{Metrics, SharedPublished};
 use hotplug_watchdog::report::Report;
 use hotplug_watchdog::sources::health::Health;
@@ -34,7 +34,21 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
     let read = read_node(&args.node.paths(), 1)?;
     let mut inventory = Inventory::default();
     inventory.apply(Observation::FullScan(read.scan));
-    let report = Report::new(&judge(&inventory), &Default::default(), &read.skipped);
+    let mut names = Default::default();
+    if let Some(kubeconfig) = &args.kubeconfig {
+        let node = match &args.node_name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()?.into_string().map_err(|_| anyhow::anyhow!("host name is not UTF-8"))?,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let view = runtime.block_on(async {
+            let client = cluster::client::connect(Some(kubeconfig), Default::default()).await?;
+            cluster::list_view(client, &node).await.with_context(|| format!("cannot list node {node}'s pods and VMIs"))
+        })?;
+        inventory.apply(Observation::Cluster(ClusterFacts { owners: view.owners, spec_volumes: view.spec_volumes }));
+        names = view.names;
+    }
+    let report = Report::new(&judge(&inventory), &names, &read.skipped);
     match args.format {
         Format::Json => println!("{}", report.to_json()),
         Format::Table => print!("{}", report.to_table()),

@@ -127,6 +127,23 @@ fn names_events_and_unplugs_on_a_real_control_plane() {
     assert_eq!(att["vmi"], "vm1");
     assert_eq!(att["launcher_pod_uid"], vm.launcher_uid.as_str());
 
+    // The one-shot scan names them too, with the agent's permissions.
+    let out = std::process::Command::new(agent_binary())
+        .args(["scan", "--format", "json", "--mountinfo", "/proc/self/mountinfo", "--node-name", NODE])
+        .arg("--kubelet-root")
+        .arg(&tree.root)
+        .arg("--kubeconfig")
+        .arg(cp.agent_kubeconfig(NODE))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scanned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = volume_entry(&scanned, &vm.launcher_uid, "disk1").unwrap();
+    assert_eq!(
+        (v["vmi"].as_str(), v["namespace"].as_str(), v["in_spec"].as_bool()),
+        (Some("vm1"), Some(NS), Some(true))
+    );
+
     // A new attachment pod with a new device for disk1 (nbd-like): the old one is the only
     // one serving the VM's device, and a Warning says deleting it now would hurt.
     let swap_dev = LoopDevice::add();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -146,12 +146,30 @@ where
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// The selectors that keep every read node-scoped: this node's KubeVirt pods and VMIs.
+fn pod_selectors(node: &str) -> (String, String) {
+    (format!("spec.nodeName={node}"), format!("{LABEL_KUBEVIRT} in ({LAUNCHER_ROLE},{ATTACHMENT_ROLE})"))
+}
+
+fn vmi_selector(node: &str) -> String {
+    format!("{LABEL_NODE_NAME}={node}")
+}
+
+/// One look, for `scan`: two lists, no watch.
+pub async fn list_view(client: Client, node: &str) -> Result<ClusterView, kube::Error> {
+    let (fields, labels) = pod_selectors(node);
+    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&fields).labels(&labels)).await?;
+    let vmis = Api::<DynamicObject>::all_with(client, &vmi_resource())
+        .list(&ListParams::default().labels(&vmi_selector(node)))
+        .await?;
+    Ok(ClusterView::build(pods.items.iter(), vmis.items.iter()))
+}
+
 /// Watches forever; sends a new view to the engine whenever it changes.
 pub async fn watch(client: Client, node: String, tx: Sender, health: Arc<Health>) {
-    let pod_config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={node}"))
-        .labels(&format!("{LABEL_KUBEVIRT} in ({LAUNCHER_ROLE},{ATTACHMENT_ROLE})"));
-    let vmi_config = watcher::Config::default().labels(&format!("{LABEL_NODE_NAME}={node}"));
+    let (fields, labels) = pod_selectors(&node);
+    let pod_config = watcher::Config::default().fields(&fields).labels(&labels);
+    let vmi_config = watcher::Config::default().labels(&vmi_selector(&node));
     for w in [Watched::Pods, Watched::Vmis] {
         health.set_unready(w.condition(), Some("not synced yet".into()));
     }
