@@ -15,11 +15,15 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::layout::{PodUid, SkipReason};
+use crate::notice::NoticeKind;
 use crate::report::PodNames;
 use crate::sources::{RescanReason, SourceKind};
 use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
 pub const PREFIX: &str = "hotplug_watchdog";
+
+/// Every value of the `verb` label of `api_requests_total`.
+pub const API_VERBS: [&str; 7] = ["watch", "get", "create", "update", "patch", "delete", "other"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VolumeLabels {
@@ -184,6 +188,14 @@ impl Metrics {
         }
         for reason in SkipReason::METRIC_LABELS {
             skipped_entries.get_or_create(&ReasonLabel { reason }).set(0);
+        }
+        for verb in API_VERBS {
+            api_requests_total.get_or_create(&VerbLabel { verb }).inc_by(0);
+        }
+        for reason in NoticeKind::ALL.map(NoticeKind::reason) {
+            for result in ["sent", "failed"] {
+                events_total.get_or_create(&EventLabels { reason, result }).inc_by(0);
+            }
         }
         Metrics {
             registry,

@@ -22,6 +22,9 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
+    pub const ALL: [NoticeKind; 4] =
+        [NoticeKind::DeviceVanished, NoticeKind::DeviceUnbacked, NoticeKind::DeviceReady, NoticeKind::HandoffUnsafe];
+
     /// The Event reason.
     pub fn reason(self) -> &'static str {
         match self {

@@ -368,7 +368,7 @@ fn steady_state_makes_no_api_requests() {
     });
     let requests = |a: &Agent| {
         let m = a.metrics();
-        ["watch", "get", "create", "update", "patch", "delete", "other"]
+        hotplug_watchdog::metrics::API_VERBS
             .map(|verb| (verb, metric(&m, &format!("hotplug_watchdog_api_requests_total{{verb=\"{verb}\"}}"))))
     };
     let before = requests(&agent);
