@@ -38,6 +38,8 @@ pub struct Engine {
     /// Cluster mode: each launcher pod's VMI, and where Events go.
     vmis: BTreeMap<PodUid, VmiRef>,
     events: Option<UnboundedSender<VmiEvent>>,
+    /// Cluster mode: the verdicts, for the attachment-pod conditions.
+    status: Option<UnboundedSender<Arc<Verdicts>>>,
 }
 
 impl Engine {
@@ -64,12 +66,14 @@ impl Engine {
             scan_failure_logged: false,
             vmis: BTreeMap::new(),
             events: None,
+            status: None,
         }
     }
 
-    /// Cluster mode: notices also become Events on the VMI.
-    pub fn with_events(mut self, events: UnboundedSender<VmiEvent>) -> Self {
+    /// Cluster mode: notices also become Events on the VMI, and verdicts pod conditions.
+    pub fn with_cluster_sinks(mut self, events: UnboundedSender<VmiEvent>, status: UnboundedSender<Arc<Verdicts>>) -> Self {
         self.events = Some(events);
+        self.status = Some(status);
         self
     }
 
@@ -214,6 +218,9 @@ impl Engine {
         }
         let changes = transitions(&self.verdicts, &new);
         self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
+        if let Some(status) = &self.status {
+            let _ = status.send(Arc::new(new.clone()));
+        }
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, &new, latency);
         let found = {

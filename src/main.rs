@@ -109,8 +109,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-            engine = engine.with_events(events_tx);
-            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone()));
+            let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
+            engine = engine.with_cluster_sinks(events_tx, status_tx);
+            let conditions = cluster::status::ConditionWriter::new(client.clone(), metrics.status_writes_total.clone());
+            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions));
             tokio::spawn(cluster::events::run(client, node, events_rx, metrics.events_total.clone()));
         } else {
             drop(tx);

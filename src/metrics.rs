@@ -72,6 +72,12 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
 }
@@ -121,6 +127,7 @@ pub struct Metrics {
     pub scan_duration: Histogram,
     pub api_requests_total: Family<VerbLabel, Counter>,
     pub events_total: Family<EventLabels, Counter>,
+    pub status_writes_total: Family<WriteLabels, Counter>,
 }
 
 impl Metrics {
@@ -173,6 +180,15 @@ impl Metrics {
         );
         let events_total = Family::<EventLabels, Counter>::default();
         registry.register("events", "Kubernetes Events recorded on VMIs, by reason and result", events_total.clone());
+        let status_writes_total = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "status_writes",
+            "Status writes to cluster objects, by kind (pod_conditions) and result (ok, conflict, forbidden, not_found, error)",
+            status_writes_total.clone(),
+        );
+        for result in ["ok", "conflict", "forbidden", "not_found", "error"] {
+            status_writes_total.get_or_create(&WriteLabels { kind: "pod_conditions", result }).inc_by(0);
+        }
         registry.register_collector(Box::new(VerdictGauges(published)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
@@ -209,6 +225,7 @@ impl Metrics {
             scan_duration,
             api_requests_total,
             events_total,
+            status_writes_total,
         }
     }
 

@@ -93,6 +93,9 @@ pub struct AttachmentVerdict {
     pub launcher: Option<PodUid>,
     /// Launcher volumes whose device only this pod serves: deleting the pod orphans them.
     pub sole_backer_of: BTreeSet<VolumeKey>,
+    /// What the pod's own nodes and mounts point at, and whether that device exists: its
+    /// block volumes by name, its filesystem mounts by path under its volumes directory.
+    pub devices: BTreeMap<String, (DevNum, bool)>,
 }
 
 impl AttachmentVerdict {
@@ -175,10 +178,20 @@ pub fn judge(inv: &Inventory) -> Verdicts {
 
     for (&pod, block_volumes) in &served.block_volumes {
         let launcher = owner(inv, pod, &served, &verdicts, &launchers);
+        let mut devices: BTreeMap<String, (DevNum, bool)> =
+            block_volumes.iter().map(|(v, d)| (v.clone(), (*d, inv.device_present(*d)))).collect();
+        for (site, dev) in inv.mounts() {
+            if let MountSite::PodVolume { pod: p, path } = site {
+                if p == pod {
+                    devices.insert(path.clone(), (*dev, inv.device_present(*dev)));
+                }
+            }
+        }
         let mut att = AttachmentVerdict {
             volumes: block_volumes.keys().cloned().collect(),
             launcher: launcher.clone(),
             sole_backer_of: BTreeSet::new(),
+            devices,
         };
         for (key, v) in &verdicts.volumes {
             if v.backing_pods.contains(pod) {

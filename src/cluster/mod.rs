@@ -5,6 +5,8 @@
 //! fresh list, which also answers a 410 Gone).
 
 pub mod client;
+pub mod conditions;
+pub mod status;
 pub mod events;
 pub mod view;
 
@@ -19,7 +21,10 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::verdict::Verdicts;
+use status::ConditionWriter;
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
@@ -165,8 +170,16 @@ pub async fn list_view(client: Client, node: &str) -> Result<ClusterView, kube::
     Ok(ClusterView::build(pods.items.iter(), vmis.items.iter()))
 }
 
-/// Watches forever; sends a new view to the engine whenever it changes.
-pub async fn watch(client: Client, node: String, tx: Sender, health: Arc<Health>) {
+/// Watches forever; sends a new view to the engine whenever it changes, and keeps the
+/// attachment pods' conditions in line with the verdicts the engine sends back.
+pub async fn watch(
+    client: Client,
+    node: String,
+    tx: Sender,
+    health: Arc<Health>,
+    mut verdicts_rx: UnboundedReceiver<Arc<Verdicts>>,
+    mut conditions: ConditionWriter,
+) {
     let (fields, labels) = pod_selectors(&node);
     let pod_config = watcher::Config::default().fields(&fields).labels(&labels);
     let vmi_config = watcher::Config::default().labels(&vmi_selector(&node));
@@ -180,10 +193,30 @@ pub async fn watch(client: Client, node: String, tx: Sender, health: Arc<Health>
 
     let (mut pods, mut vmis) = (Objects::<Pod>::new(), Objects::<DynamicObject>::new());
     let mut last_sent: Option<ClusterView> = None;
+    let mut verdicts: Option<Arc<Verdicts>> = None;
+    // When to bring the pods' conditions in line next; armed by any change.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
+        let flush = async {
+            match flush_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
             Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
+            Some(v) = verdicts_rx.recv() => verdicts = Some(v),
+            () = flush => {
+                flush_at = None;
+                if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
+                    let desired = conditions::desired(v, &view.attachment_pods);
+                    if let Some(again) = conditions.flush(&pods.by_uid, &desired).await {
+                        flush_at = Some(again.into());
+                    }
+                }
+                continue;
+            }
             else => return,
         }
         // A burst of changes makes one view.
@@ -193,10 +226,15 @@ pub async fn watch(client: Client, node: String, tx: Sender, health: Arc<Health>
         while let Ok((w, u)) = vmi_rx.try_recv() {
             vmis.apply(w, u, &health);
         }
+        while let Ok(v) = verdicts_rx.try_recv() {
+            verdicts = Some(v);
+        }
         // Until both hold a complete list, a view would claim volumes left specs.
         if !(pods.synced && vmis.synced) {
             continue;
         }
+        let coalesced = tokio::time::Instant::now() + status::COALESCE;
+        flush_at = Some(flush_at.map_or(coalesced, |t| t.min(coalesced)));
         let view = ClusterView::build(pods.by_uid.values(), vmis.by_uid.values());
         if last_sent.as_ref() != Some(&view) {
             last_sent = Some(view.clone());

@@ -37,6 +37,8 @@ pub struct ClusterView {
     pub names: BTreeMap<PodUid, PodNames>,
     /// Attachment pod -> the launcher pod it serves (its controller ownerReference).
     pub owners: BTreeMap<PodUid, PodUid>,
+    /// Every attachment pod the API server places on this node, UID -> name.
+    pub attachment_pods: BTreeMap<PodUid, String>,
     /// Launcher pod -> its VMI.
     pub vmis: BTreeMap<PodUid, VmiRef>,
     /// Launcher pod -> the volume names in its VMI's spec. Absent when the VMI is not known:
@@ -108,6 +110,7 @@ impl ClusterView {
 
         for pod in pods.iter().filter(|p| role(p) == Some(ATTACHMENT_ROLE)) {
             let Some(uid) = &pod.metadata.uid else { continue };
+            view.attachment_pods.insert(uid.clone(), pod.metadata.name.clone().unwrap_or_default());
             let launcher = controller_owner(pod, "Pod").map(str::to_string);
             let vmi = launcher.as_ref().and_then(|l| view.names.get(l)).and_then(|n| n.vmi.clone());
             view.names.insert(

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -243,21 +244,33 @@ impl ControlPlane {
                 .create(&pp, &yaml(&Path::new(REPO).join("deploy/serviceaccount.yaml")))
                 .await
                 .unwrap();
-            let rbac = fs::read_to_string(Path::new(REPO).join("deploy/rbac.yaml")).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&rbac) {
-                let value = serde_yaml::Value::deserialize(doc).unwrap();
-                match value["kind"].as_str() {
-                    Some("ClusterRole") => {
-                        let role: ClusterRole = serde_yaml::from_value(value).unwrap();
-                        Api::<ClusterRole>::all(self.admin.clone()).create(&pp, &role).await.unwrap();
+            for file in ["deploy/rbac.yaml", "deploy/admission-policy.yaml"] {
+                let text = fs::read_to_string(Path::new(REPO).join(file)).unwrap();
+                for doc in serde_yaml::Deserializer::from_str(&text) {
+                    let value = serde_yaml::Value::deserialize(doc).unwrap();
+                    let admin = self.admin.clone();
+                    match value["kind"].as_str() {
+                        Some("ClusterRole") => {
+                            Api::<ClusterRole>::all(admin).create(&pp, &serde_yaml::from_value(value).unwrap()).await.unwrap();
+                        }
+                        Some("ClusterRoleBinding") => {
+                            let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
+                            Api::<ClusterRoleBinding>::all(admin).create(&pp, &b).await.unwrap();
+                        }
+                        Some("ValidatingAdmissionPolicy") => {
+                            let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
+                            Api::<ValidatingAdmissionPolicy>::all(admin).create(&pp, &p).await.unwrap();
+                        }
+                        Some("ValidatingAdmissionPolicyBinding") => {
+                            let b: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(value).unwrap();
+                            Api::<ValidatingAdmissionPolicyBinding>::all(admin).create(&pp, &b).await.unwrap();
+                        }
+                        other => panic!("unexpected kind {other:?} in {file}"),
                     }
-                    Some("ClusterRoleBinding") => {
-                        let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
-                        Api::<ClusterRoleBinding>::all(self.admin.clone()).create(&pp, &b).await.unwrap();
-                    }
-                    other => panic!("unexpected kind {other:?} in deploy/rbac.yaml"),
                 }
             }
+            // Admission policies take effect once the API server has loaded them.
+            tokio::time::sleep(Duration::from_secs(2)).await;
         });
     }
 

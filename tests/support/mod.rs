@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod kubevirt;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -1,0 +1,227 @@
+//! Conditions on attachment pods: the signal a fixed KubeVirt controller gates on before
+//! it deletes an old attachment pod. Pure: what the conditions should say, and the patch
+//! that makes a pod say it, or nothing when it already does.
+//!
+//! Only our own condition types are ever written (`hotplug-watchdog.io/...`), through a
+//! strategic merge patch of `pods/status`, which merges `status.conditions` by `type`:
+//! conditions of other owners are not in the patch and stay as they are.
+//! `lastTransitionTime` moves only when the status changes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::json;
+
+use crate::layout::PodUid;
+use crate::verdict::Verdicts;
+
+pub const CONDITION_PREFIX: &str = "hotplug-watchdog.io/";
+/// Every volume this pod serves has its device on the node.
+pub const DEVICES_PRESENT: &str = "hotplug-watchdog.io/DevicesPresent";
+/// Deleting this pod now orphans no launcher device.
+pub const HANDOFF_SAFE: &str = "hotplug-watchdog.io/HandoffSafe";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub type_: &'static str,
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn tf(ok: bool) -> &'static str {
+    if ok {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// What the conditions of each attachment pod should say. `api_pods` are the attachment
+/// pods the API server places on this node (UID -> name for messages); a pod the API knows
+/// but the node does not show (yet) gets `Unknown`, never a guess.
+pub fn desired(verdicts: &Verdicts, api_pods: &BTreeMap<PodUid, String>) -> BTreeMap<PodUid, Vec<Desired>> {
+    api_pods
+        .keys()
+        .map(|uid| {
+            let conds = match verdicts.attachment_pods.get(uid) {
+                None => {
+                    let message = "the pod's hotplug-disks directory is not on the node (yet)".to_string();
+                    vec![
+                        Desired { type_: DEVICES_PRESENT, status: "Unknown", reason: "NotOnNode", message: message.clone() },
+                        Desired { type_: HANDOFF_SAFE, status: "Unknown", reason: "NotOnNode", message },
+                    ]
+                }
+                Some(a) => {
+                    let missing: Vec<String> =
+                        a.devices.iter().filter(|(_, (_, ok))| !ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
+                    let present: Vec<String> =
+                        a.devices.iter().filter(|(_, (_, ok))| *ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
+                    let devices = if missing.is_empty() {
+                        let message = if present.is_empty() {
+                            "the pod serves no device yet".to_string()
+                        } else {
+                            format!("present: {}", present.join(", "))
+                        };
+                        Desired { type_: DEVICES_PRESENT, status: "True", reason: "DevicesPresent", message }
+                    } else {
+                        Desired {
+                            type_: DEVICES_PRESENT,
+                            status: "False",
+                            reason: "DeviceMissing",
+                            message: format!("missing: {}", missing.join(", ")),
+                        }
+                    };
+                    let orphans: Vec<String> = a
+                        .sole_backer_of
+                        .iter()
+                        .map(|k| {
+                            let dev = verdicts.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
+                            format!("{} ({dev})", k.volume)
+                        })
+                        .collect();
+                    let handoff = Desired {
+                        type_: HANDOFF_SAFE,
+                        status: tf(a.handoff_safe()),
+                        reason: if a.handoff_safe() { "DevicesServedElsewhere" } else { "SoleBacker" },
+                        message: if a.handoff_safe() {
+                            "every launcher device this pod serves is also served by another attachment pod, or none is in use".into()
+                        } else {
+                            format!("only this pod serves the VM's {}: deleting it would tear the disk down", orphans.join(", "))
+                        },
+                    };
+                    vec![devices, handoff]
+                }
+            };
+            (uid.clone(), conds)
+        })
+        .collect()
+}
+
+/// The strategic merge patch for `pods/status` that makes `pod` carry `desired`, or `None`
+/// when it already does.
+pub fn patch(pod: &Pod, desired: &[Desired], now: &Time) -> Option<serde_json::Value> {
+    let current: &[PodCondition] = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
+    let changed: Vec<serde_json::Value> = desired
+        .iter()
+        .filter_map(|d| {
+            let old = current.iter().find(|c| c.type_ == d.type_);
+            let same = old.is_some_and(|c| {
+                c.status == d.status && c.reason.as_deref() == Some(d.reason) && c.message.as_deref() == Some(&d.message)
+            });
+            if same {
+                return None;
+            }
+            let transition = match old {
+                Some(c) if c.status == d.status => c.last_transition_time.clone().unwrap_or_else(|| now.clone()),
+                _ => now.clone(),
+            };
+            Some(json!({
+                "type": d.type_,
+                "status": d.status,
+                "reason": d.reason,
+                "message": d.message,
+                "lastTransitionTime": transition,
+            }))
+        })
+        .collect();
+    (!changed.is_empty()).then(|| json!({ "status": { "conditions": changed } }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DevNum;
+    use crate::inventory::{FullScan, Inventory, Observation};
+    use crate::layout::{LauncherEntry, PodDisks};
+    use crate::verdict::judge;
+    use std::collections::BTreeSet;
+
+    fn verdicts(new_dev: u32, present: &[u32]) -> Verdicts {
+        let mut inv = Inventory::default();
+        let d = |m| DevNum::new(7, m);
+        inv.apply(Observation::FullScan(FullScan {
+            seq: 1,
+            pods: BTreeMap::from([
+                ("L".into(), PodDisks::Launcher(BTreeMap::from([("disk1".into(), LauncherEntry::Block(d(1)))]))),
+                ("old".into(), PodDisks::Attachment(BTreeMap::from([("disk1".into(), d(1))]))),
+                ("new".into(), PodDisks::Attachment(BTreeMap::from([("disk1".into(), d(new_dev))]))),
+            ]),
+            devices: present.iter().map(|m| d(*m)).collect::<BTreeSet<_>>(),
+            mounts: BTreeMap::new(),
+        }));
+        judge(&inv)
+    }
+
+    fn api_pods() -> BTreeMap<PodUid, String> {
+        ["old", "new", "elsewhere"].map(|p| (p.to_string(), format!("hp-volume-{p}"))).into_iter().collect()
+    }
+
+    fn status_of<'a>(d: &'a BTreeMap<PodUid, Vec<Desired>>, pod: &str, t: &str) -> &'a Desired {
+        d[pod].iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn conditions_follow_the_verdicts() {
+        let same = desired(&verdicts(1, &[1]), &api_pods());
+        assert_eq!(status_of(&same, "old", HANDOFF_SAFE).status, "True");
+        assert_eq!(status_of(&same, "old", DEVICES_PRESENT).status, "True");
+        assert_eq!(status_of(&same, "old", DEVICES_PRESENT).message, "present: disk1 (7:1)");
+
+        let fresh = desired(&verdicts(2, &[1, 2]), &api_pods());
+        let h = status_of(&fresh, "old", HANDOFF_SAFE);
+        assert_eq!((h.status, h.reason), ("False", "SoleBacker"));
+        assert!(h.message.contains("disk1 (7:1)"), "{}", h.message);
+        assert_eq!(status_of(&fresh, "new", HANDOFF_SAFE).status, "True");
+
+        let lost = desired(&verdicts(2, &[2]), &api_pods());
+        let p = status_of(&lost, "old", DEVICES_PRESENT);
+        assert_eq!((p.status, p.message.as_str()), ("False", "missing: disk1 (7:1)"));
+
+        assert_eq!(status_of(&lost, "elsewhere", HANDOFF_SAFE).status, "Unknown", "not on the node: no guess");
+        assert!(!lost.contains_key("L"), "only attachment pods the API knows");
+    }
+
+    fn pod_with(conditions: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": {"conditions": conditions}})).unwrap()
+    }
+
+    #[test]
+    fn patch_touches_only_what_changed_and_keeps_transition_times() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap());
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(2_000_000).unwrap());
+        let want = vec![
+            Desired { type_: DEVICES_PRESENT, status: "True", reason: "DevicesPresent", message: "present: a".into() },
+            Desired { type_: HANDOFF_SAFE, status: "False", reason: "SoleBacker", message: "m2".into() },
+        ];
+        // Nothing there: both written, at `now`; the kubelet's Ready is never in the patch.
+        let pod = pod_with(json!([{"type": "Ready", "status": "False"}]));
+        let p = patch(&pod, &want, &now).unwrap();
+        let conds = p["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 2);
+        assert!(conds.iter().all(|c| c["type"].as_str().unwrap().starts_with(CONDITION_PREFIX)));
+        assert_eq!(conds[0]["lastTransitionTime"], json!(now));
+
+        // Already so: no write at all.
+        let pod = pod_with(json!([
+            {"type": DEVICES_PRESENT, "status": "True", "reason": "DevicesPresent", "message": "present: a", "lastTransitionTime": t0},
+            {"type": HANDOFF_SAFE, "status": "False", "reason": "SoleBacker", "message": "m2", "lastTransitionTime": t0},
+        ]));
+        assert_eq!(patch(&pod, &want, &now), None);
+
+        // Only the message changed: written, transition time kept.
+        let mut want2 = want.clone();
+        want2[1].message = "m3".into();
+        let p = patch(&pod, &want2, &now).unwrap();
+        let conds = p["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0]["lastTransitionTime"], json!(t0));
+
+        // The status flipped: the transition time moves.
+        want2[1].status = "True";
+        let p = patch(&pod, &want2, &now).unwrap();
+        assert_eq!(p["status"]["conditions"][0]["lastTransitionTime"], json!(now));
+    }
+}
