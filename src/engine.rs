@@ -71,7 +71,11 @@ impl Engine {
     }
 
     /// Cluster mode: notices also become Events on the VMI, and verdicts pod conditions.
-    pub fn with_cluster_sinks(mut self, events: UnboundedSender<VmiEvent>, status: UnboundedSender<Arc<Verdicts>>) -> Self {
+    pub fn with_cluster_sinks(
+        mut self,
+        events: UnboundedSender<VmiEvent>,
+        status: UnboundedSender<Arc<Verdicts>>,
+    ) -> Self {
         self.events = Some(events);
         self.status = Some(status);
         self

@@ -109,7 +109,9 @@ pub fn patch(pod: &Pod, desired: &[Desired], now: &Time) -> Option<serde_json::V
         .filter_map(|d| {
             let old = current.iter().find(|c| c.type_ == d.type_);
             let same = old.is_some_and(|c| {
-                c.status == d.status && c.reason.as_deref() == Some(d.reason) && c.message.as_deref() == Some(&d.message)
+                c.status == d.status
+                    && c.reason.as_deref() == Some(d.reason)
+                    && c.message.as_deref() == Some(&d.message)
             });
             if same {
                 return None;

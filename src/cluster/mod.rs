@@ -6,8 +6,8 @@
 
 pub mod client;
 pub mod conditions;
-pub mod status;
 pub mod events;
+pub mod status;
 pub mod view;
 
 use std::sync::Arc;

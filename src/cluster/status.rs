@@ -73,10 +73,12 @@ impl ConditionWriter {
                     continue;
                 }
             }
-            let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+            let (ns, name) =
+                (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
-            let result = tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
+            let result =
+                tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
             let outcome = match &result {
                 Ok(Ok(_)) => "ok",
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 => "conflict",

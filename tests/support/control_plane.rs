@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -251,7 +251,10 @@ impl ControlPlane {
                     let admin = self.admin.clone();
                     match value["kind"].as_str() {
                         Some("ClusterRole") => {
-                            Api::<ClusterRole>::all(admin).create(&pp, &serde_yaml::from_value(value).unwrap()).await.unwrap();
+                            Api::<ClusterRole>::all(admin)
+                                .create(&pp, &serde_yaml::from_value(value).unwrap())
+                                .await
+                                .unwrap();
                         }
                         Some("ClusterRoleBinding") => {
                             let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();

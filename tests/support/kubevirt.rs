@@ -79,4 +79,3 @@ pub fn vmi_events(cp: &ControlPlane, reason: &str) -> Vec<Event> {
             .collect()
     })
 }
-

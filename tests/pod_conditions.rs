@@ -1,0 +1,179 @@
+//! Conditions on attachment pods against a real kube-apiserver, with real loop devices:
+//! they follow a hotplug swap, keep other owners' conditions, move lastTransitionTime only
+//! on a change, correct stale ones at start, and cost nothing in a steady state. The
+//! admission policy in deploy/ holds the agent to its own node and condition types.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::control_plane::ControlPlane;
+use support::kubevirt::*;
+use support::*;
+
+const DEVICES_PRESENT: &str = "hotplug-watchdog.io/DevicesPresent";
+const HANDOFF_SAFE: &str = "hotplug-watchdog.io/HandoffSafe";
+
+fn condition(cp: &ControlPlane, pod: &str, type_: &str) -> Option<serde_json::Value> {
+    cp.rt.block_on(async {
+        let p = Api::<Pod>::namespaced(cp.admin.clone(), NS).get(pod).await.unwrap();
+        let conds = p.status.and_then(|s| s.conditions).unwrap_or_default();
+        conds.into_iter().find(|c| c.type_ == type_).map(|c| serde_json::to_value(c).unwrap())
+    })
+}
+
+fn wait_condition(agent: &Agent, cp: &ControlPlane, pod: &str, type_: &str, status: &str) -> serde_json::Value {
+    agent.wait_until(&format!("{pod} {type_}={status}"), Duration::from_secs(20), |_| {
+        condition(cp, pod, type_).is_some_and(|c| c["status"] == status)
+    });
+    condition(cp, pod, type_).unwrap()
+}
+
+/// As an admin (or the kubelet) would: a status patch of the pod.
+fn admin_set_condition(cp: &ControlPlane, pod: &str, cond: serde_json::Value) {
+    cp.rt.block_on(async {
+        let patch = json!({"status": {"conditions": [cond]}});
+        Api::<Pod>::namespaced(cp.admin.clone(), NS)
+            .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn conditions_follow_a_swap_and_leave_others_alone() {
+    if !require_root("conditions_follow_a_swap_and_leave_others_alone") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    // Someone else's condition, and a stale one of ours claiming the pod is safe to delete.
+    admin_set_condition(
+        &cp,
+        "hp-volume-aaaaa",
+        json!({"type": "example.com/Other", "status": "True", "reason": "Theirs"}),
+    );
+    admin_set_condition(
+        &cp,
+        "hp-volume-aaaaa",
+        json!({"type": HANDOFF_SAFE, "status": "True", "reason": "Stale", "message": "left over"}),
+    );
+    let tree = KubeletTree::new();
+    let mut old_dev = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", old_dev.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", old_dev.dev());
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
+    agent.wait_ready();
+
+    // The stale condition is re-derived: the only pod serving the VM's disk is not safe.
+    let h = wait_condition(&agent, &cp, "hp-volume-aaaaa", HANDOFF_SAFE, "False");
+    assert_eq!(h["reason"], "SoleBacker");
+    let p = wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "True");
+    assert_eq!(p["message"], format!("present: disk1 ({})", old_dev.dev()));
+    let theirs = condition(&cp, "hp-volume-aaaaa", "example.com/Other").unwrap();
+    assert_eq!((theirs["status"].as_str(), theirs["reason"].as_str()), (Some("True"), Some("Theirs")));
+
+    // Same device in a new pod (kernel rbd): the old pod becomes safe to delete.
+    let shared_uid = cp.rt.block_on(create_attachment_pod(&cp, "hp-volume-bbbbb", &vm.launcher_uid));
+    tree.attachment(&shared_uid);
+    tree.attach_block(&shared_uid, "disk1", old_dev.dev());
+    wait_condition(&agent, &cp, "hp-volume-aaaaa", HANDOFF_SAFE, "True");
+    wait_condition(&agent, &cp, "hp-volume-bbbbb", HANDOFF_SAFE, "True");
+
+    // It goes; a pod with a new device (nbd) comes: the remaining old one is unsafe again.
+    tree.remove_pod(&shared_uid);
+    wait_condition(&agent, &cp, "hp-volume-aaaaa", HANDOFF_SAFE, "False");
+    let new_dev = LoopDevice::add();
+    let new_uid = cp.rt.block_on(create_attachment_pod(&cp, "hp-volume-ccccc", &vm.launcher_uid));
+    tree.attachment(&new_uid);
+    tree.attach_block(&new_uid, "disk1", new_dev.dev());
+    wait_condition(&agent, &cp, "hp-volume-ccccc", HANDOFF_SAFE, "True");
+    let h = condition(&cp, "hp-volume-aaaaa", HANDOFF_SAFE).unwrap();
+    assert_eq!(h["status"], "False");
+    assert!(h["message"].as_str().unwrap().contains(&format!("disk1 ({})", old_dev.dev())), "{h}");
+
+    // Steady state: no writes.
+    std::thread::sleep(Duration::from_secs(1));
+    let writes = |a: &Agent| metric(&a.metrics(), "hotplug_watchdog_api_requests_total{verb=\"patch\"}");
+    let before = writes(&agent);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(writes(&agent), before, "no writes in a steady state");
+
+    // The old pod's device goes: DevicesPresent False, and only then.
+    let t_present = condition(&cp, "hp-volume-aaaaa", DEVICES_PRESENT).unwrap()["lastTransitionTime"].clone();
+    old_dev.remove();
+    let p = wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "False");
+    assert_eq!(p["reason"], "DeviceMissing");
+    assert_ne!(p["lastTransitionTime"], t_present, "a status change moves the transition time");
+    let theirs_after = condition(&cp, "hp-volume-aaaaa", "example.com/Other").unwrap();
+    assert_eq!(theirs_after, theirs, "someone else's condition is untouched");
+    assert!(
+        metric(&agent.metrics(), "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}") >= 4.0
+    );
+}
+
+#[test]
+fn the_admission_policy_holds_the_agent_to_its_node_and_conditions() {
+    let cp = ControlPlane::start();
+    let _vm = create_vm(&cp, &["disk1"]);
+    // A pod on another node.
+    cp.rt.block_on(async {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "hp-volume-other", "namespace": NS, "labels": {"kubevirt.io": "hotplug-disk"}},
+            "spec": {"nodeName": "node-2", "containers": [{"name": "c", "image": "i"}]}
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(cp.admin.clone(), NS).create(&Default::default(), &pod).await.unwrap();
+    });
+    let agent = cp.agent_client(NODE);
+    let pods: Api<Pod> = Api::namespaced(agent, NS);
+    let ours =
+        json!({"status": {"conditions": [{"type": HANDOFF_SAFE, "status": "True", "reason": "Test", "message": "m"}]}});
+    let denied = |r: Result<Pod, kube::Error>, why: &str| match r {
+        Err(kube::Error::Api(s)) => {
+            assert!(s.code == 403 || s.code == 422, "{why}: {s:?}");
+            s.message
+        }
+        Ok(_) => panic!("{why}: allowed"),
+        Err(e) => panic!("{why}: {e}"),
+    };
+    cp.rt.block_on(async {
+        let pp = PatchParams::default();
+        pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&ours))
+            .await
+            .expect("own node, own condition: allowed");
+        let msg =
+            denied(pods.patch_status("hp-volume-other", &pp, &Patch::Strategic(&ours)).await, "another node's pod");
+        assert!(msg.contains("own node"), "{msg}");
+        let foreign = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let msg = denied(
+            pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&foreign)).await,
+            "a foreign condition type",
+        );
+        assert!(msg.contains("own condition types"), "{msg}");
+        let phase = json!({"status": {"phase": "Failed"}});
+        let msg = denied(pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&phase)).await, "the phase");
+        assert!(msg.contains("only change conditions"), "{msg}");
+        let spec = json!({"metadata": {"labels": {"x": "y"}}, "spec": {"activeDeadlineSeconds": 5}});
+        denied(pods.patch("hp-volume-aaaaa", &pp, &Patch::Strategic(&spec)).await, "a spec change");
+    });
+    // A token without the node-name extra gets nothing either.
+    let path = cp.agent_kubeconfig(NODE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let no_node = text.replace("    as-user-extra:\n      authentication.kubernetes.io/node-name: [\"node-1\"]\n", "");
+    assert_ne!(text, no_node);
+    let no_node_path = path.with_file_name("agent-without-node.kubeconfig");
+    std::fs::write(&no_node_path, no_node).unwrap();
+    cp.rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&no_node_path).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+        let r = pods.patch_status("hp-volume-aaaaa", &PatchParams::default(), &Patch::Strategic(&ours)).await;
+        assert!(matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("own node")), "{r:?}");
+    });
+}
