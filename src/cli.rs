@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// A kubeconfig file; without it, the pod's in-cluster service account is used.
     #[arg(long, env = "HOTPLUG_WATCHDOG_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Record findings in the VMI's status.volumeStatus reason/message too (needs
+    /// deploy/optional/vmi-volume-status-rbac.yaml; stock KubeVirt puts such writes back).
+    #[arg(long, env = "HOTPLUG_WATCHDOG_VMI_VOLUME_STATUS", value_enum, default_value = "off")]
+    pub vmi_volume_status: crate::cluster::status::VmiStatusMode,
     /// Address for /metrics, /healthz, /readyz and /scan.
     #[arg(long, env = "HOTPLUG_WATCHDOG_LISTEN", default_value = "0.0.0.0:9746")]
     pub listen: SocketAddr,

@@ -110,9 +110,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
             let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
+            let events_tx_for_status = events_tx.clone();
             engine = engine.with_cluster_sinks(events_tx, status_tx);
             let conditions = cluster::status::ConditionWriter::new(client.clone(), metrics.status_writes_total.clone());
-            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions));
+            let volume_status = cluster::status::VmiStatusWriter::new(
+                client.clone(),
+                args.vmi_volume_status,
+                metrics.status_writes_total.clone(),
+                Some(events_tx_for_status),
+            );
+            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions, volume_status));
             tokio::spawn(cluster::events::run(client, node, events_rx, metrics.events_total.clone()));
         } else {
             drop(tx);

@@ -183,11 +183,13 @@ impl Metrics {
         let status_writes_total = Family::<WriteLabels, Counter>::default();
         registry.register(
             "status_writes",
-            "Status writes to cluster objects, by kind (pod_conditions) and result (ok, conflict, forbidden, not_found, error)",
+            "Status writes to cluster objects, by kind (pod_conditions, vmi_volume_status) and result",
             status_writes_total.clone(),
         );
-        for result in ["ok", "conflict", "forbidden", "not_found", "error"] {
-            status_writes_total.get_or_create(&WriteLabels { kind: "pod_conditions", result }).inc_by(0);
+        for kind in ["pod_conditions", "vmi_volume_status"] {
+            for result in ["ok", "conflict", "forbidden", "not_found", "test_failed", "reverted", "error"] {
+                status_writes_total.get_or_create(&WriteLabels { kind, result }).inc_by(0);
+            }
         }
         registry.register_collector(Box::new(VerdictGauges(published)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no

@@ -8,6 +8,7 @@ pub mod client;
 pub mod conditions;
 pub mod events;
 pub mod status;
+pub mod volume_status;
 pub mod view;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::verdict::Verdicts;
-use status::ConditionWriter;
+use status::{ConditionWriter, VmiStatusWriter};
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
@@ -179,6 +180,7 @@ pub async fn watch(
     health: Arc<Health>,
     mut verdicts_rx: UnboundedReceiver<Arc<Verdicts>>,
     mut conditions: ConditionWriter,
+    mut volume_status: VmiStatusWriter,
 ) {
     let (fields, labels) = pod_selectors(&node);
     let pod_config = watcher::Config::default().fields(&fields).labels(&labels);
@@ -211,9 +213,12 @@ pub async fn watch(
                 flush_at = None;
                 if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
                     let desired = conditions::desired(v, &view.attachment_pods);
-                    if let Some(again) = conditions.flush(&pods.by_uid, &desired).await {
-                        flush_at = Some(again.into());
-                    }
+                    let launchers = view.vmis.iter().map(|(launcher, vmi)| (vmi.uid.clone(), launcher.clone())).collect();
+                    let again = [
+                        conditions.flush(&pods.by_uid, &desired).await,
+                        volume_status.flush(&vmis.by_uid, &launchers, v).await,
+                    ];
+                    flush_at = again.into_iter().flatten().min().map(Into::into);
                 }
                 continue;
             }

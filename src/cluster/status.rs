@@ -1,4 +1,5 @@
-//! Writes the attachment-pod conditions decided in [`super::conditions`]. Discipline:
+//! Writes the attachment-pod conditions decided in [`super::conditions`] and the VMI
+//! volumeStatus words decided in [`super::volume_status`]. Discipline:
 //! a write only where a pod's conditions differ from what they should say (so none in a
 //! steady state, and stale ones are corrected at start); changes within a short window
 //! make one write; at most one write per pod per second; a failed write is retried with a
@@ -27,17 +28,73 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 const ECHO_WAIT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The write history of one object: when it may be written next.
 #[derive(Default)]
-struct PodWrites {
+struct Writes<T> {
     next_allowed: Option<Instant>,
     retry_delay: Option<Duration>,
-    last: Option<(Vec<Desired>, Instant)>,
+    /// What was written last, and when: not written again before the watch shows it.
+    last: Option<(T, Instant)>,
+}
+
+impl<T: PartialEq> Writes<T> {
+    /// `Err(when)`: not now, look again then.
+    fn may_write(&self, want: &T, now: Instant) -> Result<(), Instant> {
+        if let Some(t) = self.next_allowed.filter(|t| *t > now) {
+            return Err(t);
+        }
+        match &self.last {
+            Some((last, at)) if last == want && now < *at + ECHO_WAIT => Err(*at + ECHO_WAIT),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a write; returns when to look again.
+    fn written(&mut self, want: T, ok: bool, now: Instant) -> Instant {
+        if ok {
+            self.retry_delay = None;
+            self.next_allowed = Some(now + MIN_INTERVAL);
+            self.last = Some((want, now));
+            now + ECHO_WAIT
+        } else {
+            self.backoff(now, MIN_INTERVAL, MAX_RETRY_DELAY)
+        }
+    }
+
+    /// A growing, jittered delay: a fleet of agents must not retry in step.
+    fn backoff(&mut self, now: Instant, first: Duration, max: Duration) -> Instant {
+        let delay = self.retry_delay.map_or(first, |d| (d * 2).min(max));
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 500));
+        self.retry_delay = Some(delay);
+        self.next_allowed = Some(now + delay + jitter);
+        self.last = None;
+        now + delay + jitter
+    }
+}
+
+fn outcome<T>(result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> &'static str {
+    match result {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(kube::Error::Api(s))) if s.code == 409 => "conflict",
+        Ok(Err(kube::Error::Api(s))) if s.code == 403 => "forbidden",
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => "not_found",
+        Ok(Err(kube::Error::Api(s))) if s.code == 422 => "test_failed",
+        Ok(Err(_)) | Err(_) => "error",
+    }
+}
+
+fn error_text<T>(result: Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> String {
+    match result {
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("timed out after {WRITE_TIMEOUT:?}"),
+        Ok(Ok(_)) => "no error".into(),
+    }
 }
 
 pub struct ConditionWriter {
     client: Client,
     writes: Family<WriteLabels, Counter>,
-    pods: BTreeMap<PodUid, PodWrites>,
+    pods: BTreeMap<PodUid, Writes<Vec<Desired>>>,
 }
 
 impl ConditionWriter {
@@ -63,50 +120,141 @@ impl ConditionWriter {
                 state.retry_delay = None;
                 continue;
             };
-            if let Some(t) = state.next_allowed.filter(|t| *t > now) {
+            if let Err(t) = state.may_write(want, now) {
                 later(t);
                 continue;
             }
-            if let Some((last, at)) = &state.last {
-                if last == want && now < *at + ECHO_WAIT {
-                    later(*at + ECHO_WAIT);
-                    continue;
-                }
-            }
-            let (ns, name) =
-                (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+            let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
-            let result =
-                tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
-            let outcome = match &result {
-                Ok(Ok(_)) => "ok",
-                Ok(Err(kube::Error::Api(s))) if s.code == 409 => "conflict",
-                Ok(Err(kube::Error::Api(s))) if s.code == 403 => "forbidden",
-                Ok(Err(kube::Error::Api(s))) if s.code == 404 => "not_found",
-                Ok(Err(_)) | Err(_) => "error",
-            };
-            self.writes.get_or_create(&WriteLabels { kind: "pod_conditions", result: outcome }).inc();
-            if outcome == "ok" {
+            let result = tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
+            let result_label = outcome(&result);
+            self.writes.get_or_create(&WriteLabels { kind: "pod_conditions", result: result_label }).inc();
+            let ok = result_label == "ok";
+            later(state.written(want.clone(), ok, now));
+            if ok {
                 tracing::debug!(pod = %name, namespace = %ns, "attachment pod conditions written");
-                state.retry_delay = None;
-                state.next_allowed = Some(now + MIN_INTERVAL);
-                state.last = Some((want.clone(), now));
-                later(now + ECHO_WAIT);
             } else {
-                let delay = state.retry_delay.map_or(MIN_INTERVAL, |d| (d * 2).min(MAX_RETRY_DELAY));
-                // Jitter: a fleet of agents must not retry in step.
-                let jitter = Duration::from_millis(u64::from(std::process::id() % 500));
-                state.retry_delay = Some(delay);
-                state.next_allowed = Some(now + delay + jitter);
-                state.last = None;
-                later(now + delay + jitter);
-                let error = match result {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("timed out after {WRITE_TIMEOUT:?}"),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                tracing::warn!(pod = %name, namespace = %ns, %error, retry_in = ?delay, "cannot write attachment pod conditions");
+                tracing::warn!(pod = %name, namespace = %ns, error = %error_text(result), "cannot write attachment pod conditions; retrying later");
+            }
+        }
+        again
+    }
+}
+
+/// Whether the agent writes the VMI's volumeStatus (`--vmi-volume-status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmiStatusMode {
+    /// Never (the default: it needs write access to VMIs, and stock KubeVirt puts such
+    /// writes back).
+    Off,
+    /// Write; when a write is put back, back off for that VMI (1 min, doubling to 1 h).
+    On,
+    /// Write until the first write is put back or refused, then stop for good: the
+    /// cluster's KubeVirt does not accept our words.
+    Auto,
+}
+
+const REVERT_BACKOFF: Duration = Duration::from_secs(60);
+const REVERT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+pub struct VmiStatusWriter {
+    client: Client,
+    mode: VmiStatusMode,
+    writes: Family<WriteLabels, Counter>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<super::events::VmiEvent>>,
+    vmis: BTreeMap<String, Writes<Vec<serde_json::Value>>>,
+    /// Auto mode gave up, and said why once.
+    stopped: bool,
+}
+
+impl VmiStatusWriter {
+    pub fn new(
+        client: Client,
+        mode: VmiStatusMode,
+        writes: Family<WriteLabels, Counter>,
+        events: Option<tokio::sync::mpsc::UnboundedSender<super::events::VmiEvent>>,
+    ) -> Self {
+        VmiStatusWriter { client, mode, writes, events, vmis: BTreeMap::new(), stopped: false }
+    }
+
+    /// Brings each VMI's volumeStatus words in line; `vmis` by UID, `launchers` VMI UID ->
+    /// its launcher pod UID. Returns when to look again, if something is left to do.
+    pub async fn flush(
+        &mut self,
+        vmis: &BTreeMap<String, kube::api::DynamicObject>,
+        launchers: &BTreeMap<String, PodUid>,
+        verdicts: &crate::verdict::Verdicts,
+    ) -> Option<Instant> {
+        if self.mode == VmiStatusMode::Off || self.stopped {
+            return None;
+        }
+        self.vmis.retain(|uid, _| vmis.contains_key(uid));
+        let mut again: Option<Instant> = None;
+        let mut later = |t: Instant| again = Some(again.map_or(t, |a| a.min(t)));
+        for (uid, vmi) in vmis {
+            let Some(launcher) = launchers.get(uid) else { continue };
+            let Ok(doc) = serde_json::to_value(vmi) else { continue };
+            let Some((ops, expect)) = super::volume_status::patch(&doc, launcher, verdicts) else { continue };
+            let now = Instant::now();
+            let state = self.vmis.entry(uid.clone()).or_default();
+            if let Err(t) = state.may_write(&ops, now) {
+                later(t);
+                continue;
+            }
+            let (ns, name) = (vmi.metadata.namespace.clone().unwrap_or_default(), vmi.metadata.name.clone().unwrap_or_default());
+            let Ok(json_patch) = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops.clone())) else {
+                continue;
+            };
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &super::vmi_resource());
+            let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
+            let result = tokio::time::timeout(WRITE_TIMEOUT, api.patch(&name, &params, &Patch::Json::<()>(json_patch))).await;
+            let mut label = outcome(&result);
+            // KubeVirt's webhook answers success and puts the status back: only the object
+            // the server stored tells.
+            if let Ok(Ok(stored)) = &result {
+                if !serde_json::to_value(stored).is_ok_and(|s| super::volume_status::landed(&s, &expect)) {
+                    label = "reverted";
+                }
+            }
+            self.writes.get_or_create(&WriteLabels { kind: "vmi_volume_status", result: label }).inc();
+            match label {
+                "ok" => {
+                    tracing::info!(vmi = %name, namespace = %ns, "VMI volumeStatus reason/message written");
+                    later(state.written(ops, true, now));
+                }
+                "reverted" | "forbidden" => {
+                    let why = if label == "reverted" {
+                        "the write was accepted and then put back (KubeVirt reverts status writes by other service accounts)".to_string()
+                    } else {
+                        format!("the write was refused ({}); grant deploy/optional/vmi-volume-status-rbac.yaml or use --vmi-volume-status off", error_text(result))
+                    };
+                    if self.mode == VmiStatusMode::Auto {
+                        tracing::warn!(vmi = %name, namespace = %ns, "VMI volumeStatus writes stop: {why}; attachment-pod conditions and Events carry the same truth");
+                        self.stopped = true;
+                    } else {
+                        let retry = state.backoff(now, REVERT_BACKOFF, REVERT_BACKOFF_MAX);
+                        tracing::warn!(vmi = %name, namespace = %ns, retry_in = ?retry.saturating_duration_since(now), "VMI volumeStatus write did not land: {why}; backing off");
+                        later(retry);
+                    }
+                    if let (Some(events), Some(vmi_uid)) = (&self.events, &vmi.metadata.uid) {
+                        let _ = events.send(super::events::VmiEvent {
+                            vmi: super::view::VmiRef { namespace: ns.clone(), name: name.clone(), uid: vmi_uid.clone() },
+                            warning: true,
+                            reason: "HotplugStatusWriteRejected",
+                            note: format!("hotplug-watchdog could not record its findings in volumeStatus: {why}"),
+                        });
+                    }
+                    if self.stopped {
+                        return None;
+                    }
+                }
+                _ => {
+                    // A failed test means the list changed under us: the watch brings the
+                    // new one and the patch is derived again.
+                    tracing::debug!(vmi = %name, namespace = %ns, result = label, error = %error_text(result), "VMI volumeStatus write failed; retrying later");
+                    later(state.written(ops, false, now));
+                }
             }
         }
         again

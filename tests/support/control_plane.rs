@@ -245,36 +245,39 @@ impl ControlPlane {
                 .await
                 .unwrap();
             for file in ["deploy/rbac.yaml", "deploy/admission-policy.yaml"] {
-                let text = fs::read_to_string(Path::new(REPO).join(file)).unwrap();
-                for doc in serde_yaml::Deserializer::from_str(&text) {
-                    let value = serde_yaml::Value::deserialize(doc).unwrap();
-                    let admin = self.admin.clone();
-                    match value["kind"].as_str() {
-                        Some("ClusterRole") => {
-                            Api::<ClusterRole>::all(admin)
-                                .create(&pp, &serde_yaml::from_value(value).unwrap())
-                                .await
-                                .unwrap();
-                        }
-                        Some("ClusterRoleBinding") => {
-                            let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
-                            Api::<ClusterRoleBinding>::all(admin).create(&pp, &b).await.unwrap();
-                        }
-                        Some("ValidatingAdmissionPolicy") => {
-                            let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
-                            Api::<ValidatingAdmissionPolicy>::all(admin).create(&pp, &p).await.unwrap();
-                        }
-                        Some("ValidatingAdmissionPolicyBinding") => {
-                            let b: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(value).unwrap();
-                            Api::<ValidatingAdmissionPolicyBinding>::all(admin).create(&pp, &b).await.unwrap();
-                        }
-                        other => panic!("unexpected kind {other:?} in {file}"),
-                    }
-                }
+                self.apply(file).await;
             }
             // Admission policies take effect once the API server has loaded them.
             tokio::time::sleep(Duration::from_secs(2)).await;
         });
+    }
+
+    /// Creates every object of a YAML file of the repository (RBAC and admission kinds).
+    pub async fn apply(&self, file: &str) {
+        let pp = PostParams::default();
+        let text = fs::read_to_string(Path::new(REPO).join(file)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            let admin = self.admin.clone();
+            match value["kind"].as_str() {
+                Some("ClusterRole") => {
+                    Api::<ClusterRole>::all(admin).create(&pp, &serde_yaml::from_value(value).unwrap()).await.unwrap();
+                }
+                Some("ClusterRoleBinding") => {
+                    let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
+                    Api::<ClusterRoleBinding>::all(admin).create(&pp, &b).await.unwrap();
+                }
+                Some("ValidatingAdmissionPolicy") => {
+                    let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
+                    Api::<ValidatingAdmissionPolicy>::all(admin).create(&pp, &p).await.unwrap();
+                }
+                Some("ValidatingAdmissionPolicyBinding") => {
+                    let b: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(value).unwrap();
+                    Api::<ValidatingAdmissionPolicyBinding>::all(admin).create(&pp, &b).await.unwrap();
+                }
+                other => panic!("unexpected kind {other:?} in {file}"),
+            }
+        }
     }
 
     /// A kubeconfig that authenticates as admin and acts as the agent's ServiceAccount on
