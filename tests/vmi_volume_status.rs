@@ -1,0 +1,146 @@
+//! The VMI's status.volumeStatus reason/message, against a real kube-apiserver with real
+//! loop devices: set when the device vanishes and taken back when it returns, with every
+//! other byte unchanged, while writers that behave like virt-handler (full Update with
+//! resourceVersion) and virt-controller (JSON patch of the whole list, guarded by `test`)
+//! keep writing; and a write that KubeVirt's webhook would put back, emulated with a
+//! MutatingAdmissionPolicy, is detected and not fought.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use support::control_plane::ControlPlane;
+use support::kubevirt::*;
+use support::*;
+
+/// The volumeStatus KubeVirt would have written: rootdisk (virt-handler's size counter
+/// lives there in this test), the hotplugged disk1, and disk9 (the controller's counter).
+fn set_initial_status(cp: &ControlPlane, attach_pod_uid: &str) -> Value {
+    let disk1 = json!({"name": "disk1", "target": "sda", "phase": "Ready", "reason": "VolumeReady",
+        "message": "Successfully attach hotplugged volume disk1 to VM",
+        "hotplugVolume": {"attachPodName": "hp-volume-aaaaa", "attachPodUID": attach_pod_uid},
+        "persistentVolumeClaimInfo": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block"}});
+    cp.rt.block_on(async {
+        let patch = json!({"status": {"phase": "Running", "volumeStatus": [
+            {"name": "rootdisk", "target": "vda", "phase": "Ready", "size": 0},
+            disk1,
+            {"name": "disk9", "target": "sdb", "phase": "Ready", "size": 0, "hotplugVolume": {"attachPodName": "hp-volume-aaaaa"}},
+        ]}});
+        vmi_api(cp).patch("vm1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    });
+    disk1
+}
+
+fn vmi(cp: &ControlPlane) -> Value {
+    cp.rt.block_on(async { serde_json::to_value(vmi_api(cp).get("vm1").await.unwrap()).unwrap() })
+}
+
+fn entry(v: &Value, i: usize) -> Value {
+    v["status"]["volumeStatus"][i].clone()
+}
+
+fn without_words(mut e: Value) -> Value {
+    let m = e.as_object_mut().unwrap();
+    m.remove("reason");
+    m.remove("message");
+    e
+}
+
+/// virt-handler: read, change, full Update with the resourceVersion; a conflict means
+/// read again. Returns the last value it stored.
+async fn handler_like(api: Api<DynamicObject>, stop: Arc<AtomicBool>, stored: Arc<AtomicI64>) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut obj = api.get("vm1").await.unwrap();
+        n += 1;
+        obj.data["status"]["volumeStatus"][0]["size"] = json!(n);
+        match api.replace("vm1", &PostParams::default(), &obj).await {
+            Ok(_) => stored.store(n, Ordering::Relaxed),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("handler-like writer: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// virt-controller: JSON patch replacing the whole list, guarded by a `test` of it.
+async fn controller_like(api: Api<DynamicObject>, stop: Arc<AtomicBool>, stored: Arc<AtomicI64>) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let obj = api.get("vm1").await.unwrap();
+        let old = obj.data["status"]["volumeStatus"].clone();
+        let mut new = old.clone();
+        n += 1;
+        new[2]["size"] = json!(n);
+        let ops = json!([
+            {"op": "test", "path": "/status/volumeStatus", "value": old},
+            {"op": "replace", "path": "/status/volumeStatus", "value": new},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(ops).unwrap();
+        match api.patch("vm1", &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+            Ok(_) => stored.store(n, Ordering::Relaxed),
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {}
+            Err(e) => panic!("controller-like writer: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
+    if !require_root("reason_and_message_set_and_taken_back_while_kubevirt_writes_too") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
+    let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
+    let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
+    let tree = KubeletTree::new();
+    let mut disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let agent = Agent::start_cluster(
+        &tree.root,
+        &cp.agent_kubeconfig(NODE),
+        NODE,
+        &["--rescan-interval", "1h", "--vmi-volume-status", "on"],
+    );
+    agent.wait_ready();
+    agent.wait_until("synced", Duration::from_secs(30), |a| volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handler_n, controller_n) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+    let writers = [
+        cp.rt.spawn(handler_like(vmi_api(&cp), stop.clone(), handler_n.clone())),
+        cp.rt.spawn(controller_like(vmi_api(&cp), stop.clone(), controller_n.clone())),
+    ];
+
+    disk.remove();
+    agent.wait_until("our reason in volumeStatus", Duration::from_secs(30), |_| entry(&vmi(&cp), 1)["reason"] == "HotplugDeviceVanished");
+    let set = entry(&vmi(&cp), 1);
+    assert!(set["message"].as_str().unwrap().contains(&disk.dev().to_string()), "{set}");
+    assert_eq!(without_words(set), without_words(disk1_before.clone()), "phase and every other field unchanged");
+
+    let _back = LoopDevice::re_add(disk.index);
+    agent.wait_until("our words taken back", Duration::from_secs(30), |_| entry(&vmi(&cp), 1).get("reason").is_none());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        cp.rt.block_on(w).unwrap();
+    }
+    let last = vmi(&cp);
+    assert_eq!(without_words(entry(&last, 1)), without_words(disk1_before), "disk1 unchanged but for our words");
+    assert_eq!(entry(&last, 0)["size"], json!(handler_n.load(Ordering::Relaxed)), "virt-handler lost no write");
+    assert_eq!(entry(&last, 2)["size"], json!(controller_n.load(Ordering::Relaxed)), "virt-controller lost no write");
+    assert!(handler_n.load(Ordering::Relaxed) > 5 && controller_n.load(Ordering::Relaxed) > 5, "both really wrote");
+    assert_eq!(last["status"]["phase"], "Running");
+    let m = agent.metrics();
+    assert!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"ok\"}") >= 2.0, "{m}");
+    assert_eq!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"reverted\"}"), 0.0);
+}
