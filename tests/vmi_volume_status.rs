@@ -144,3 +144,94 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     assert!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"ok\"}") >= 2.0, "{m}");
     assert_eq!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"reverted\"}"), 0.0);
 }
+
+/// KubeVirt's VMI webhook puts back status changes by service accounts not its own; a
+/// MutatingAdmissionPolicy does the same here for the agent's user.
+fn install_revert_policy(cp: &ControlPlane) {
+    cp.rt.block_on(async {
+        let discovery = kube::discovery::Discovery::new(cp.admin.clone()).run().await.unwrap();
+        let group = discovery.get("admissionregistration.k8s.io").expect("admissionregistration group");
+        let (ar, _) = group
+            .resources_by_stability()
+            .into_iter()
+            .find(|(ar, _)| ar.kind == "MutatingAdmissionPolicy")
+            .expect("this kube-apiserver serves MutatingAdmissionPolicy");
+        let binding_ar = group
+            .resources_by_stability()
+            .into_iter()
+            .map(|(ar, _)| ar)
+            .find(|b| b.kind == "MutatingAdmissionPolicyBinding" && b.version == ar.version)
+            .unwrap();
+        let api_version = ar.api_version.clone();
+        let policy: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": api_version, "kind": "MutatingAdmissionPolicy",
+            "metadata": {"name": "emulate-kubevirt-status-revert"},
+            "spec": {
+                "matchConstraints": {"resourceRules": [{"apiGroups": ["kubevirt.io"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["virtualmachineinstances"]}]},
+                "matchConditions": [{"name": "agent", "expression": format!("request.userInfo.username == '{}'", support::control_plane::AGENT_USER)}],
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "Never",
+                "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'replace', path: '/status', value: oldObject.status}]"}}]
+            }
+        }))
+        .unwrap();
+        Api::<DynamicObject>::all_with(cp.admin.clone(), &ar).create(&PostParams::default(), &policy).await.unwrap();
+        let binding: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": api_version, "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": "emulate-kubevirt-status-revert"},
+            "spec": {"policyName": "emulate-kubevirt-status-revert"}
+        }))
+        .unwrap();
+        Api::<DynamicObject>::all_with(cp.admin.clone(), &binding_ar).create(&PostParams::default(), &binding).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+}
+
+#[test]
+fn a_write_put_back_is_detected_and_not_fought() {
+    if !require_root("a_write_put_back_is_detected_and_not_fought") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
+    install_revert_policy(&cp);
+    let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
+    let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
+    let tree = KubeletTree::new();
+    let mut disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let agent = Agent::start_cluster(
+        &tree.root,
+        &cp.agent_kubeconfig(NODE),
+        NODE,
+        &["--rescan-interval", "1h", "--vmi-volume-status", "auto"],
+    );
+    agent.wait_ready();
+    agent.wait_until("synced", Duration::from_secs(30), |a| volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1"));
+
+    disk.remove();
+    let reverted = "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"reverted\"}";
+    agent.wait_until("the revert detected", Duration::from_secs(30), |a| metric(&a.metrics(), reverted) == 1.0);
+    agent.wait_until("a Warning Event about it", Duration::from_secs(20), |_| !vmi_events(&cp, "HotplugStatusWriteRejected").is_empty());
+    assert!(agent.log().contains("VMI volumeStatus writes stop"), "said in the log");
+    assert_eq!(entry(&vmi(&cp), 1), disk1_before, "the status was put back, untouched");
+
+    // More changes: auto mode does not write again.
+    let _back = LoopDevice::re_add(disk.index);
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("ready"));
+    drop(_back);
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("vanished"));
+    std::thread::sleep(Duration::from_secs(2));
+    let m = agent.metrics();
+    let attempts: f64 = ["ok", "reverted", "test_failed", "forbidden", "error"]
+        .iter()
+        .map(|r| metric(&m, &format!("hotplug_watchdog_status_writes_total{{kind=\"vmi_volume_status\",result=\"{r}\"}}")))
+        .sum();
+    assert_eq!(attempts, 1.0, "one write, then no fight: {m}");
+    assert_eq!(vmi_events(&cp, "HotplugStatusWriteRejected").len(), 1);
+    // The pod conditions, which nothing reverts, still carry the truth.
+    assert!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}") >= 1.0);
+}
