@@ -177,3 +177,41 @@ fn the_admission_policy_holds_the_agent_to_its_node_and_conditions() {
         assert!(matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("own node")), "{r:?}");
     });
 }
+
+#[test]
+fn losing_its_role_is_reported_and_survived() {
+    if !require_root("losing_its_role_is_reported_and_survived") {
+        return;
+    }
+    let cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    let tree = KubeletTree::new();
+    let mut disk = LoopDevice::add();
+    tree.launcher(&vm.launcher_uid);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
+    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
+    wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "True");
+
+    // Someone deletes the agent's binding: every call is now 403.
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(cp.admin.clone());
+    let saved = cp.rt.block_on(bindings.get("hotplug-watchdog")).unwrap();
+    cp.rt.block_on(bindings.delete("hotplug-watchdog", &Default::default())).unwrap();
+    disk.remove();
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("vanished"));
+    agent.wait_until("the refused write counted", Duration::from_secs(30), |a| {
+        metric(&a.metrics(), "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"forbidden\"}")
+            >= 1.0
+    });
+    assert_eq!(agent.get("/healthz").0, 200, "alive and well on the node side");
+    assert!(agent.log().contains("cannot write attachment pod conditions"), "said in the log");
+
+    // The binding comes back: the condition converges without a restart.
+    let mut restored = saved;
+    restored.metadata.resource_version = None;
+    restored.metadata.uid = None;
+    cp.rt.block_on(bindings.create(&Default::default(), &restored)).unwrap();
+    wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "False");
+    agent.wait_until("ready again", Duration::from_secs(60), |a| a.get("/readyz").0 == 200);
+}

@@ -112,7 +112,9 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
         &["--rescan-interval", "1h", "--vmi-volume-status", "on"],
     );
     agent.wait_ready();
-    agent.wait_until("synced", Duration::from_secs(30), |a| volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1"));
+    agent.wait_until("synced", Duration::from_secs(30), |a| {
+        volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1")
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let (handler_n, controller_n) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
@@ -122,7 +124,9 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     ];
 
     disk.remove();
-    agent.wait_until("our reason in volumeStatus", Duration::from_secs(30), |_| entry(&vmi(&cp), 1)["reason"] == "HotplugDeviceVanished");
+    agent.wait_until("our reason in volumeStatus", Duration::from_secs(30), |_| {
+        entry(&vmi(&cp), 1)["reason"] == "HotplugDeviceVanished"
+    });
     let set = entry(&vmi(&cp), 1);
     assert!(set["message"].as_str().unwrap().contains(&disk.dev().to_string()), "{set}");
     assert_eq!(without_words(set), without_words(disk1_before.clone()), "phase and every other field unchanged");
@@ -210,12 +214,16 @@ fn a_write_put_back_is_detected_and_not_fought() {
         &["--rescan-interval", "1h", "--vmi-volume-status", "auto"],
     );
     agent.wait_ready();
-    agent.wait_until("synced", Duration::from_secs(30), |a| volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1"));
+    agent.wait_until("synced", Duration::from_secs(30), |a| {
+        volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1")
+    });
 
     disk.remove();
     let reverted = "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"reverted\"}";
     agent.wait_until("the revert detected", Duration::from_secs(30), |a| metric(&a.metrics(), reverted) == 1.0);
-    agent.wait_until("a Warning Event about it", Duration::from_secs(20), |_| !vmi_events(&cp, "HotplugStatusWriteRejected").is_empty());
+    agent.wait_until("a Warning Event about it", Duration::from_secs(20), |_| {
+        !vmi_events(&cp, "HotplugStatusWriteRejected").is_empty()
+    });
     assert!(agent.log().contains("VMI volumeStatus writes stop"), "said in the log");
     assert_eq!(entry(&vmi(&cp), 1), disk1_before, "the status was put back, untouched");
 
@@ -228,7 +236,9 @@ fn a_write_put_back_is_detected_and_not_fought() {
     let m = agent.metrics();
     let attempts: f64 = ["ok", "reverted", "test_failed", "forbidden", "error"]
         .iter()
-        .map(|r| metric(&m, &format!("hotplug_watchdog_status_writes_total{{kind=\"vmi_volume_status\",result=\"{r}\"}}")))
+        .map(|r| {
+            metric(&m, &format!("hotplug_watchdog_status_writes_total{{kind=\"vmi_volume_status\",result=\"{r}\"}}"))
+        })
         .sum();
     assert_eq!(attempts, 1.0, "one write, then no fight: {m}");
     assert_eq!(vmi_events(&cp, "HotplugStatusWriteRejected").len(), 1);

@@ -8,8 +8,8 @@ pub mod client;
 pub mod conditions;
 pub mod events;
 pub mod status;
-pub mod volume_status;
 pub mod view;
+pub mod volume_status;
 
 use std::sync::Arc;
 

@@ -124,10 +124,12 @@ impl ConditionWriter {
                 later(t);
                 continue;
             }
-            let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+            let (ns, name) =
+                (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
-            let result = tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
+            let result =
+                tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
             let result_label = outcome(&result);
             self.writes.get_or_create(&WriteLabels { kind: "pod_conditions", result: result_label }).inc();
             let ok = result_label == "ok";
@@ -202,13 +204,17 @@ impl VmiStatusWriter {
                 later(t);
                 continue;
             }
-            let (ns, name) = (vmi.metadata.namespace.clone().unwrap_or_default(), vmi.metadata.name.clone().unwrap_or_default());
-            let Ok(json_patch) = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops.clone())) else {
+            let (ns, name) =
+                (vmi.metadata.namespace.clone().unwrap_or_default(), vmi.metadata.name.clone().unwrap_or_default());
+            let Ok(json_patch) = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops.clone()))
+            else {
                 continue;
             };
-            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &super::vmi_resource());
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &ns, &super::vmi_resource());
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
-            let result = tokio::time::timeout(WRITE_TIMEOUT, api.patch(&name, &params, &Patch::Json::<()>(json_patch))).await;
+            let result =
+                tokio::time::timeout(WRITE_TIMEOUT, api.patch(&name, &params, &Patch::Json::<()>(json_patch))).await;
             let mut label = outcome(&result);
             // KubeVirt's webhook answers success and puts the status back: only the object
             // the server stored tells.
@@ -239,7 +245,11 @@ impl VmiStatusWriter {
                     }
                     if let (Some(events), Some(vmi_uid)) = (&self.events, &vmi.metadata.uid) {
                         let _ = events.send(super::events::VmiEvent {
-                            vmi: super::view::VmiRef { namespace: ns.clone(), name: name.clone(), uid: vmi_uid.clone() },
+                            vmi: super::view::VmiRef {
+                                namespace: ns.clone(),
+                                name: name.clone(),
+                                uid: vmi_uid.clone(),
+                            },
                             warning: true,
                             reason: "HotplugStatusWriteRejected",
                             note: format!("hotplug-watchdog could not record its findings in volumeStatus: {why}"),

@@ -15,7 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::layout::PodUid;
-use crate::verdict::{VolumeKey, VolumeState, Verdicts};
+use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
 /// The reasons the agent writes; the only ones it ever removes.
 pub const OUR_REASONS: [&str; 2] = ["HotplugDeviceVanished", "HotplugDeviceUnbacked"];
@@ -46,7 +46,10 @@ pub fn patch(vmi: &Value, launcher: &PodUid, verdicts: &Verdicts) -> Option<(Vec
         let reason = entry.get("reason").and_then(Value::as_str);
         let message = entry.get("message").and_then(Value::as_str);
         let base = format!("/status/volumeStatus/{i}");
-        let guard = [json!({"op": "test", "path": format!("{base}/name"), "value": name}), json!({"op": "test", "path": format!("{base}/phase"), "value": phase})];
+        let guard = [
+            json!({"op": "test", "path": format!("{base}/name"), "value": name}),
+            json!({"op": "test", "path": format!("{base}/phase"), "value": phase}),
+        ];
         let want = ours(launcher, name, verdicts).filter(|_| BELIEVED_IN_VM.contains(&phase));
         match want {
             Some((r, m)) if reason != Some(r) || message != Some(m.as_str()) => {
@@ -132,7 +135,9 @@ mod tests {
 
     #[test]
     fn says_so_in_reason_and_message_and_never_touches_phase() {
-        let before = vmi(json!({"name": "disk1", "phase": "Ready", "reason": "VolumeReady", "message": "ok", "target": "sda", "hotplugVolume": {"attachPodName": "hp"}}));
+        let before = vmi(
+            json!({"name": "disk1", "phase": "Ready", "reason": "VolumeReady", "message": "ok", "target": "sda", "hotplugVolume": {"attachPodName": "hp"}}),
+        );
         let (ops, expect) = patch(&before, &"L".into(), &verdicts(false)).unwrap();
         assert!(ops.iter().all(|op| !op["path"].as_str().unwrap().ends_with("/phase") || op["op"] == "test"));
         let after = apply(&before, &ops).unwrap();
