@@ -292,9 +292,14 @@ fn steady_state_makes_no_api_requests() {
     tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
     tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &[]);
-    agent.wait_until("synced", Duration::from_secs(30), |a| {
-        readyz(a).0 == 200 && entry(a, &vm.launcher_uid, "disk1")["vmi"] == "vm1"
+    // Synced, and the attachment pod's conditions written once: from then on, nothing changes.
+    agent.wait_until("synced and conditions written", Duration::from_secs(30), |a| {
+        readyz(a).0 == 200
+            && entry(a, &vm.launcher_uid, "disk1")["vmi"] == "vm1"
+            && metric(&a.metrics(), "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}") >= 1.0
     });
+    // Let the write's echo come back through the watch.
+    std::thread::sleep(Duration::from_secs(1));
     let requests = |a: &Agent| {
         let m = a.metrics();
         hotplug_watchdog::metrics::API_VERBS
@@ -303,7 +308,7 @@ fn steady_state_makes_no_api_requests() {
     let before = requests(&agent);
     std::thread::sleep(Duration::from_secs(60));
     let after = requests(&agent);
-    println!("API requests at sync: {before:?}");
+    println!("API requests at sync (lists, watches, the first condition write): {before:?}");
     println!("API requests in 60 s of steady state:");
     for ((verb, b), (_, a)) in before.iter().zip(after.iter()) {
         println!("  {verb:<7} {}", a - b);
