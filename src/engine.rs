@@ -217,6 +217,12 @@ impl Engine {
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
         let new = judge(&self.inventory);
+        // Learn which disk each ready volume has, to tell when its number gets reused.
+        let ready = new.volumes.iter().filter(|(_, v)| v.state == VolumeState::Ready);
+        let ready: Vec<_> =
+            ready.filter_map(|(k, v)| Some(((k.launcher.clone(), k.volume.clone()), v.device?))).collect();
+        let all = new.volumes.keys().map(|k| (k.launcher.clone(), k.volume.clone())).collect();
+        self.inventory.remember_ready(ready, &all);
         if new == self.verdicts {
             return;
         }
@@ -264,7 +270,11 @@ impl Engine {
                         self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
                     }
                 }
-                VolumeState::Vanished | VolumeState::Unbacked => {}
+                VolumeState::Replaced if new.volumes[k].is_alarm() => {
+                    let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
+                    self.metrics.replaced_total.get_or_create(&labels).inc();
+                }
+                VolumeState::Vanished | VolumeState::Unbacked | VolumeState::Replaced => {}
             }
         }
         for h in &changes.handoffs {

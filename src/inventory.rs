@@ -22,8 +22,9 @@ pub type Seq = u64;
 pub enum Observation {
     /// One pod directory, read whole. `None`: no hotplug-disks directory (or no pod).
     Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks> },
-    /// A block device appeared in or left `/sys/dev/block` (a uevent).
-    Device { seq: Seq, device: DevNum, present: bool },
+    /// A block device appeared in or left `/sys/dev/block` (a uevent, or a read of sysfs),
+    /// with the identity of the disk behind the number when known (see [`DiskId`]).
+    Device { seq: Seq, device: DevNum, present: bool, identity: Option<DiskId> },
     /// The mount table, read whole; only mounts inside the kubelet tree.
     Mounts { seq: Seq, mounts: BTreeMap<MountSite, DevNum> },
     /// Everything, read from scratch.
@@ -38,8 +39,15 @@ pub struct FullScan {
     /// Only pods that have a hotplug-disks directory.
     pub pods: BTreeMap<PodUid, PodDisks>,
     pub devices: BTreeSet<DevNum>,
+    /// The identity of the disk behind each present device, where known.
+    pub identities: BTreeMap<DevNum, DiskId>,
     pub mounts: BTreeMap<MountSite, DevNum>,
 }
+
+/// Which disk a device number belongs to now. A device number is reused when a disk is
+/// torn down and another created (nbd, NVMe-oF, loop): `diskseq` (Linux 5.15+) is new for
+/// every disk the kernel creates; where the kernel has none, udev's serial or WWN.
+pub type DiskId = String;
 
 /// The API server's part of the picture.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,7 +63,10 @@ pub struct Inventory {
     /// Latest read of each pod; `None` records that a pod has no hotplug directory so that
     /// an older read cannot bring it back. Cleared of such entries at each full scan.
     pods: BTreeMap<PodUid, (Seq, Option<PodDisks>)>,
-    devices: BTreeMap<DevNum, (Seq, bool)>,
+    devices: BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>,
+    /// The disk each volume had when it was first seen ready: learned, so lost on restart
+    /// (then learned again), and the one fact here that no read can rebuild.
+    remembered: BTreeMap<VolumeKeyRef, (DevNum, DiskId)>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),
     cluster: ClusterFacts,
     /// `Seq` of the latest full scan applied; 0 before the first.
@@ -70,9 +81,9 @@ impl Inventory {
                     lww(&mut self.pods, uid, seq, disks);
                 }
             }
-            Observation::Device { seq, device, present } => {
+            Observation::Device { seq, device, present, identity } => {
                 if seq >= self.watermark {
-                    lww(&mut self.devices, device, seq, present);
+                    lww(&mut self.devices, device, seq, (present, identity));
                 }
             }
             Observation::Mounts { seq, mounts } => {
@@ -99,7 +110,8 @@ impl Inventory {
         }
         self.devices.retain(|_, (seq, _)| *seq > w);
         for dev in scan.devices {
-            lww(&mut self.devices, dev, w, true);
+            let identity = scan.identities.get(&dev).cloned();
+            lww(&mut self.devices, dev, w, (true, identity));
         }
         if self.mounts.0 <= w {
             self.mounts = (w, scan.mounts);
@@ -117,7 +129,37 @@ impl Inventory {
     /// Present unless a scan or uevent said otherwise. Anonymous devices (major 0, NFS and
     /// friends) have no sysfs entry and count as present while mounted.
     pub fn device_present(&self, dev: DevNum) -> bool {
-        dev.is_anonymous() || self.devices.get(&dev).is_some_and(|(_, present)| *present)
+        dev.is_anonymous() || self.devices.get(&dev).is_some_and(|(_, (present, _))| *present)
+    }
+
+    /// The identity of the disk behind `dev` now, when known.
+    pub fn identity(&self, dev: DevNum) -> Option<&DiskId> {
+        self.devices.get(&dev).filter(|(_, (present, _))| *present).and_then(|(_, (_, id))| id.as_ref())
+    }
+
+    /// The disk a volume had when first seen ready, if it still uses that device number.
+    pub fn remembered(&self, launcher: &str, volume: &str, dev: DevNum) -> Option<&DiskId> {
+        let key = (launcher.to_string(), volume.to_string());
+        self.remembered.get(&key).filter(|(d, _)| *d == dev).map(|(_, id)| id)
+    }
+
+    /// Learns, for each volume `ready` now, which disk it has, unless it is known already
+    /// for that device number; forgets volumes that are gone.
+    pub fn remember_ready(
+        &mut self,
+        ready: impl IntoIterator<Item = (VolumeKeyRef, DevNum)>,
+        all: &BTreeSet<VolumeKeyRef>,
+    ) {
+        self.remembered.retain(|k, _| all.contains(k));
+        for (key, dev) in ready {
+            let Some(id) = self.identity(dev).cloned() else { continue };
+            match self.remembered.get(&key) {
+                Some((d, _)) if *d == dev => {}
+                _ => {
+                    self.remembered.insert(key, (dev, id));
+                }
+            }
+        }
     }
 
     pub fn mounts(&self) -> &BTreeMap<MountSite, DevNum> {
@@ -134,6 +176,9 @@ impl Inventory {
         self.cluster.spec_volumes.get(launcher).map(|vols| vols.contains(volume))
     }
 }
+
+/// (launcher pod UID, volume name)
+pub type VolumeKeyRef = (PodUid, String);
 
 fn lww<K: Ord, V>(map: &mut BTreeMap<K, (Seq, V)>, key: K, seq: Seq, value: V) {
     match map.get(&key) {

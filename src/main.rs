@@ -91,6 +91,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     sources::uevents::spawn(
         args.uevent_source,
         args.uevent_buffer_bytes,
+        paths.sysfs.clone(),
         tx.clone(),
         clock.clone(),
         health.register("uevents"),

@@ -118,6 +118,7 @@ pub type SharedPublished = Arc<RwLock<Published>>;
 pub struct Metrics {
     pub registry: Registry,
     pub vanished_total: Family<VolumeLabels, Counter>,
+    pub replaced_total: Family<VolumeLabels, Counter>,
     pub transitions_total: Family<StateLabel, Counter>,
     pub detection_latency: Family<StateLabel, Histogram>,
     pub time_to_ready: Histogram,
@@ -138,6 +139,12 @@ impl Metrics {
             "device_vanished",
             "Times a hotplug volume's device disappeared while the launcher still had its node or mount",
             vanished_total.clone(),
+        );
+        let replaced_total = Family::<VolumeLabels, Counter>::default();
+        registry.register(
+            "device_replaced",
+            "Times a hotplug volume's device number came to belong to a different disk (a new diskseq) under the launcher",
+            replaced_total.clone(),
         );
         let transitions_total = Family::<StateLabel, Counter>::default();
         registry.register(
@@ -218,6 +225,7 @@ impl Metrics {
         Metrics {
             registry,
             vanished_total,
+            replaced_total,
             transitions_total,
             detection_latency,
             time_to_ready,

@@ -14,6 +14,8 @@ pub enum NoticeKind {
     DeviceVanished,
     /// A device lost the last attachment pod serving it.
     DeviceUnbacked,
+    /// A device number now belongs to another disk.
+    DeviceReplaced,
     /// A volume became ready, or recovered.
     DeviceReady,
     /// An attachment pod that a newer one is meant to replace is the only one serving a
@@ -22,14 +24,20 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 4] =
-        [NoticeKind::DeviceVanished, NoticeKind::DeviceUnbacked, NoticeKind::DeviceReady, NoticeKind::HandoffUnsafe];
+    pub const ALL: [NoticeKind; 5] = [
+        NoticeKind::DeviceVanished,
+        NoticeKind::DeviceUnbacked,
+        NoticeKind::DeviceReplaced,
+        NoticeKind::DeviceReady,
+        NoticeKind::HandoffUnsafe,
+    ];
 
     /// The Event reason.
     pub fn reason(self) -> &'static str {
         match self {
             NoticeKind::DeviceVanished => "HotplugDeviceVanished",
             NoticeKind::DeviceUnbacked => "HotplugDeviceUnbacked",
+            NoticeKind::DeviceReplaced => "HotplugDeviceReplaced",
             NoticeKind::DeviceReady => "HotplugDeviceReady",
             NoticeKind::HandoffUnsafe => "HotplugHandoffUnsafe",
         }
@@ -78,6 +86,7 @@ pub fn notices(
         let kind = match (t.from, t.to) {
             (_, Some(VolumeState::Vanished)) if v.is_alarm() => NoticeKind::DeviceVanished,
             (_, Some(VolumeState::Unbacked)) if v.is_alarm() => NoticeKind::DeviceUnbacked,
+            (_, Some(VolumeState::Replaced)) if v.is_alarm() => NoticeKind::DeviceReplaced,
             (Some(_), Some(VolumeState::Ready)) => NoticeKind::DeviceReady,
             _ => continue,
         };
@@ -88,6 +97,9 @@ pub fn notices(
             NoticeKind::DeviceUnbacked => {
                 format!("hotplug volume {name}: no attachment pod on the node serves device {device} any more")
             }
+            NoticeKind::DeviceReplaced => format!(
+                "hotplug volume {name}: device number {device} now belongs to a different disk than the one the VM had; the VM's node reaches the wrong disk"
+            ),
             _ => format!(
                 "hotplug volume {name}: device {device} present, served by attachment pod(s) {}",
                 v.backing_pods.iter().map(&pod_name).collect::<Vec<_>>().join(", ")
@@ -135,6 +147,7 @@ mod tests {
             pods: pods.iter().map(|(u, d)| (u.to_string(), d.clone())).collect(),
             devices: devices.iter().copied().collect(),
             mounts: BTreeMap::new(),
+            ..Default::default()
         }));
         judge(&inv)
     }

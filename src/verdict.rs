@@ -7,7 +7,9 @@
 //! - `ready`: the launcher's node or mount is there, its device exists, and a live
 //!   attachment pod on the node serves the same device number;
 //! - `vanished`: the node or mount is there but its device is gone from the kernel;
-//! - `unbacked`: the device exists but no attachment pod on the node serves it any more.
+//! - `unbacked`: the device exists but no attachment pod on the node serves it any more;
+//! - `replaced`: the device number now belongs to another disk (its `diskseq` changed since
+//!   the volume was ready): the node reaches the wrong disk. Never `ready`.
 //!
 //! Per attachment pod: `handoff_safe` when deleting it now leaves every launcher device it
 //! serves still served by another attachment pod. Device numbers decide: a new pod with
@@ -29,11 +31,14 @@ pub enum VolumeState {
     Ready,
     Vanished,
     Unbacked,
+    /// The device number now belongs to a different disk than the one the volume had when
+    /// it was ready: the VM's node reaches the wrong disk.
+    Replaced,
 }
 
 impl VolumeState {
-    pub const ALL: [VolumeState; 4] =
-        [VolumeState::Pending, VolumeState::Ready, VolumeState::Vanished, VolumeState::Unbacked];
+    pub const ALL: [VolumeState; 5] =
+        [VolumeState::Pending, VolumeState::Ready, VolumeState::Vanished, VolumeState::Unbacked, VolumeState::Replaced];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +46,7 @@ impl VolumeState {
             VolumeState::Ready => "ready",
             VolumeState::Vanished => "vanished",
             VolumeState::Unbacked => "unbacked",
+            VolumeState::Replaced => "replaced",
         }
     }
 
@@ -80,7 +86,8 @@ pub struct VolumeVerdict {
 impl VolumeVerdict {
     /// A lost device or backing someone should hear about: not a volume being unplugged.
     pub fn is_alarm(&self) -> bool {
-        matches!(self.state, VolumeState::Vanished | VolumeState::Unbacked) && self.in_spec != Some(false)
+        matches!(self.state, VolumeState::Vanished | VolumeState::Unbacked | VolumeState::Replaced)
+            && self.in_spec != Some(false)
     }
 }
 
@@ -164,9 +171,14 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                 LauncherEntry::Directory => continue,
             };
             let backing_pods = device.map(|d| served.backers(d)).unwrap_or_default();
+            let replaced = |d: DevNum| {
+                let (then, now) = (inv.remembered(uid, volume, d), inv.identity(d));
+                then.is_some() && now.is_some() && then != now
+            };
             let state = match device {
                 None => VolumeState::Pending,
                 Some(d) if !inv.device_present(d) => VolumeState::Vanished,
+                Some(d) if replaced(d) => VolumeState::Replaced,
                 Some(_) if backing_pods.is_empty() => VolumeState::Unbacked,
                 Some(_) => VolumeState::Ready,
             };

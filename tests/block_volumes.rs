@@ -61,10 +61,14 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     assert!(metric(&m, "hotplug_watchdog_volume_time_to_ready_seconds_count") >= 1.0);
     assert!(metric(&m, "hotplug_watchdog_detection_latency_seconds_count{state=\"vanished\"}") >= 1.0);
 
-    // And the device comes back (same number): ready again, the counter stays.
-    let _back = LoopDevice::re_add(disk.index);
-    agent.wait_volume(L, "disk1", Some("ready"));
-    assert_eq!(metric(&agent.metrics(), &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
+    // A new disk is created under the same number (the kernel reuses it): the launcher's
+    // node would reach the wrong disk. Replaced, never ready.
+    let _reused = LoopDevice::re_add(disk.index);
+    agent.wait_volume(L, "disk1", Some("replaced"));
+    let m = agent.metrics();
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_device_replaced_total{{{labels}}}")), 1.0);
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
+    assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_state{{{labels},state=\"ready\"}}")), 0.0);
 
     let status = agent.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");

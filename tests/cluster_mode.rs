@@ -296,7 +296,8 @@ fn steady_state_makes_no_api_requests() {
     agent.wait_until("synced and conditions written", Duration::from_secs(30), |a| {
         readyz(a).0 == 200
             && entry(a, &vm.launcher_uid, "disk1")["vmi"] == "vm1"
-            && metric(&a.metrics(), "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}") >= 1.0
+            && metric(&a.metrics(), "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}")
+                >= 1.0
     });
     // Let the write's echo come back through the watch.
     std::thread::sleep(Duration::from_secs(1));

@@ -100,7 +100,7 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
     let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
     let tree = KubeletTree::new();
-    let mut disk = LoopDevice::add();
+    let disk = LoopDevice::add();
     tree.launcher(&vm.launcher_uid);
     tree.attachment(&vm.attachment_uid);
     tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
@@ -123,15 +123,18 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
         cp.rt.spawn(controller_like(vmi_api(&cp), stop.clone(), controller_n.clone())),
     ];
 
-    disk.remove();
+    // The attachment pod's directory goes (as when the controller deletes it): the VM's
+    // device is unbacked.
+    tree.remove_pod(&vm.attachment_uid);
     agent.wait_until("our reason in volumeStatus", Duration::from_secs(30), |_| {
-        entry(&vmi(&cp), 1)["reason"] == "HotplugDeviceVanished"
+        entry(&vmi(&cp), 1)["reason"] == "HotplugDeviceUnbacked"
     });
     let set = entry(&vmi(&cp), 1);
     assert!(set["message"].as_str().unwrap().contains(&disk.dev().to_string()), "{set}");
     assert_eq!(without_words(set), without_words(disk1_before.clone()), "phase and every other field unchanged");
 
-    let _back = LoopDevice::re_add(disk.index);
+    tree.attachment(&vm.attachment_uid);
+    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
     agent.wait_until("our words taken back", Duration::from_secs(30), |_| entry(&vmi(&cp), 1).get("reason").is_none());
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
@@ -228,9 +231,9 @@ fn a_write_put_back_is_detected_and_not_fought() {
     assert_eq!(entry(&vmi(&cp), 1), disk1_before, "the status was put back, untouched");
 
     // More changes: auto mode does not write again.
-    let _back = LoopDevice::re_add(disk.index);
-    agent.wait_volume(&vm.launcher_uid, "disk1", Some("ready"));
-    drop(_back);
+    let reused = LoopDevice::re_add(disk.index);
+    agent.wait_volume(&vm.launcher_uid, "disk1", Some("replaced"));
+    drop(reused);
     agent.wait_volume(&vm.launcher_uid, "disk1", Some("vanished"));
     std::thread::sleep(Duration::from_secs(2));
     let m = agent.metrics();

@@ -153,6 +153,7 @@ mod tests {
             ]),
             devices: present.iter().map(|m| d(*m)).collect::<BTreeSet<_>>(),
             mounts: BTreeMap::new(),
+            ..Default::default()
         }));
         judge(&inv)
     }

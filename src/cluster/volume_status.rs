@@ -18,7 +18,7 @@ use crate::layout::PodUid;
 use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
 /// The reasons the agent writes; the only ones it ever removes.
-pub const OUR_REASONS: [&str; 2] = ["HotplugDeviceVanished", "HotplugDeviceUnbacked"];
+pub const OUR_REASONS: [&str; 3] = ["HotplugDeviceVanished", "HotplugDeviceUnbacked", "HotplugDeviceReplaced"];
 
 /// Phases in which KubeVirt believes the disk is in the VM.
 const BELIEVED_IN_VM: [&str; 2] = ["Ready", "MountedToPod"];
@@ -30,6 +30,9 @@ fn ours(launcher: &PodUid, name: &str, verdicts: &Verdicts) -> Option<(&'static 
     let device = v.device.map_or("-".to_string(), |d| d.to_string());
     Some(match v.state {
         VolumeState::Vanished => (OUR_REASONS[0], format!("hotplug-watchdog: device {device} is gone from the node")),
+        VolumeState::Replaced => {
+            (OUR_REASONS[2], format!("hotplug-watchdog: device number {device} now belongs to a different disk"))
+        }
         _ => (OUR_REASONS[1], format!("hotplug-watchdog: no attachment pod on the node serves device {device}")),
     })
 }
@@ -115,6 +118,7 @@ mod tests {
             ]),
             devices: if device_present { [d].into() } else { Default::default() },
             mounts: BTreeMap::new(),
+            ..Default::default()
         }));
         judge(&inv)
     }

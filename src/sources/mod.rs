@@ -146,5 +146,6 @@ pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
         .map_err(|source| ReadError::Sysfs { path: paths.sysfs.clone(), source })?;
     let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
         .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
-    Ok(NodeRead { scan: FullScan { seq, pods, devices, mounts }, skipped, malformed_mount_lines })
+    let identities = sysfs::identities(&paths.sysfs, &devices);
+    Ok(NodeRead { scan: FullScan { seq, pods, devices, identities, mounts }, skipped, malformed_mount_lines })
 }

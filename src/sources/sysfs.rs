@@ -1,11 +1,11 @@
 //! The block devices the kernel has now: the names of `/sys/dev/block` (`<major>:<minor>`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 
 use crate::device::DevNum;
-use crate::inventory::{Observation, Seq};
+use crate::inventory::{DiskId, Observation, Seq};
 
 pub fn list_block_devices(sysfs: &Path) -> io::Result<BTreeSet<DevNum>> {
     let dir = sysfs.join("dev/block");
@@ -28,6 +28,29 @@ pub fn observe_devices(sysfs: &Path, seq: Seq, devices: impl IntoIterator<Item =
     let devices: BTreeSet<DevNum> = devices.into_iter().filter(|d| !d.is_anonymous()).collect();
     devices
         .into_iter()
-        .map(|device| Observation::Device { seq, device, present: dir.join(device.to_string()).exists() })
+        .map(|device| {
+            let present = dir.join(device.to_string()).exists();
+            let identity = if present { identity(sysfs, device) } else { None };
+            Observation::Device { seq, device, present, identity }
+        })
         .collect()
+}
+
+/// The disk behind a device number: `diskseq:<n>` from sysfs (Linux 5.15+), else udev's
+/// `ID_WWN` or `ID_SERIAL` from its database, else unknown.
+pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
+    let seq = std::fs::read_to_string(sysfs.join(format!("dev/block/{dev}/diskseq"))).ok();
+    if let Some(seq) = seq.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        return Some(format!("diskseq:{seq}"));
+    }
+    let udev = std::fs::read_to_string(format!("/run/udev/data/b{dev}")).ok()?;
+    udev.lines().find_map(|l| {
+        l.strip_prefix("E:ID_WWN=")
+            .map(|v| format!("wwn:{v}"))
+            .or_else(|| l.strip_prefix("E:ID_SERIAL=").map(|v| format!("serial:{v}")))
+    })
+}
+
+pub fn identities(sysfs: &Path, devices: &BTreeSet<DevNum>) -> BTreeMap<DevNum, DiskId> {
+    devices.iter().filter_map(|d| Some((*d, identity(sysfs, *d)?))).collect()
 }

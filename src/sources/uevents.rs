@@ -33,6 +33,7 @@ pub enum UeventSource {
 pub fn spawn(
     source: UeventSource,
     receive_buffer: Option<usize>,
+    sysfs: std::path::PathBuf,
     tx: Sender,
     clock: Arc<SeqClock>,
     hb: Arc<Heartbeat>,
@@ -50,7 +51,7 @@ pub fn spawn(
                 return;
             }
         };
-        if let Err(e) = follow(&socket, &tx, &clock, &hb) {
+        if let Err(e) = follow(&socket, &sysfs, &tx, &clock, &hb) {
             tracing::error!(error = %e, "uevent source stopped");
         }
     })?;
@@ -74,7 +75,13 @@ fn open(source: UeventSource, receive_buffer: Option<usize>) -> std::io::Result<
     Ok(socket)
 }
 
-fn follow(socket: &udev::MonitorSocket, tx: &Sender, clock: &SeqClock, hb: &Heartbeat) -> std::io::Result<()> {
+fn follow(
+    socket: &udev::MonitorSocket,
+    sysfs: &std::path::Path,
+    tx: &Sender,
+    clock: &SeqClock,
+    hb: &Heartbeat,
+) -> std::io::Result<()> {
     loop {
         hb.idle();
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
@@ -99,7 +106,13 @@ fn follow(socket: &udev::MonitorSocket, tx: &Sender, clock: &SeqClock, hb: &Hear
             };
             let present = ev.action != UeventAction::Remove;
             tracing::debug!(device = %ev.device, devname = ?ev.devname, present, "block uevent");
-            let obs = Observation::Device { seq, device: ev.device, present };
+            // The kernel says which disk this is (DISKSEQ); an add without it is read back.
+            let identity = match (present, ev.diskseq) {
+                (false, _) => None,
+                (true, Some(n)) => Some(format!("diskseq:{n}")),
+                (true, None) => super::sysfs::identity(sysfs, ev.device),
+            };
+            let obs = Observation::Device { seq, device: ev.device, present, identity };
             if tx
                 .send(Message::Observed { obs: vec![obs], source: SourceKind::Uevent, received, skipped: Vec::new() })
                 .is_err()

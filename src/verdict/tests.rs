@@ -44,7 +44,13 @@ impl World {
         self
     }
     fn scan(&self, seq: Seq) -> FullScan {
-        FullScan { seq, pods: self.pods.clone(), devices: self.devices.clone(), mounts: self.mounts.clone() }
+        FullScan {
+            seq,
+            pods: self.pods.clone(),
+            devices: self.devices.clone(),
+            mounts: self.mounts.clone(),
+            ..Default::default()
+        }
     }
     fn judge(&self) -> Verdicts {
         let mut inv = Inventory::default();
@@ -228,11 +234,11 @@ fn stale_reads_lose_to_newer_ones_and_to_a_rescan() {
     let w = World::default().launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]).attachment(A1, &[("disk1", d(1))]);
     inv.apply(Observation::FullScan(w.scan(10)));
     // A uevent read before the scan started says the device is there: ignored.
-    inv.apply(Observation::Device { seq: 5, device: d(1), present: true });
+    inv.apply(Observation::Device { seq: 5, device: d(1), present: true, identity: None });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Vanished);
     // One read after the scan wins; an older one arriving late does not undo it.
-    inv.apply(Observation::Device { seq: 12, device: d(1), present: true });
-    inv.apply(Observation::Device { seq: 11, device: d(1), present: false });
+    inv.apply(Observation::Device { seq: 12, device: d(1), present: true, identity: None });
+    inv.apply(Observation::Device { seq: 11, device: d(1), present: false, identity: None });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
     // A scan that started before that uevent keeps it.
     inv.apply(Observation::FullScan(
@@ -355,7 +361,9 @@ impl World {
     fn observe(&self, touched: Touched, seq: Seq) -> Observation {
         match touched {
             Touched::Pod(uid) => Observation::Pod { seq, disks: self.pods.get(&uid).cloned(), uid },
-            Touched::Device(dev) => Observation::Device { seq, device: dev, present: self.devices.contains(&dev) },
+            Touched::Device(dev) => {
+                Observation::Device { seq, device: dev, present: self.devices.contains(&dev), identity: None }
+            }
             Touched::Mounts => Observation::Mounts { seq, mounts: self.mounts.clone() },
         }
     }
@@ -419,4 +427,31 @@ proptest! {
             prop_assert_eq!(att.handoff_safe(), !orphaned);
         }
     }
+}
+
+#[test]
+fn a_reused_device_number_is_replaced_never_ready() {
+    let w = World::default().launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]).attachment(A1, &[("disk1", d(1))]);
+    let mut inv = Inventory::default();
+    let mut scan = w.scan(1);
+    scan.devices.insert(d(1));
+    scan.identities.insert(d(1), "diskseq:10".into());
+    inv.apply(Observation::FullScan(scan));
+    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
+    let key = (L1.to_string(), "disk1".to_string());
+    inv.remember_ready([(key.clone(), d(1))], &BTreeSet::from([key.clone()]));
+
+    // Same disk seen again: still ready.
+    inv.apply(Observation::Device { seq: 2, device: d(1), present: true, identity: Some("diskseq:10".into()) });
+    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
+    // Torn down and another disk created under the same number.
+    inv.apply(Observation::Device { seq: 3, device: d(1), present: false, identity: None });
+    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Vanished);
+    inv.apply(Observation::Device { seq: 4, device: d(1), present: true, identity: Some("diskseq:11".into()) });
+    let v = judge(&inv);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
+    assert!(v.volumes[&key(L1, "disk1")].is_alarm() && !VolumeState::Replaced.device_present());
+    // Learning again does not overwrite what the volume had.
+    inv.remember_ready([(key.clone(), d(1))], &BTreeSet::from([key]));
+    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Replaced);
 }
