@@ -217,8 +217,9 @@ impl Engine {
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
         let new = judge(&self.inventory);
-        // Learn which disk each ready volume has, to tell when its number gets reused.
-        let ready = new.volumes.iter().filter(|(_, v)| v.state == VolumeState::Ready);
+        // Learn which disk each volume's node reaches (ready, or unbacked: the VM uses it
+        // all the same), to tell when its number gets reused.
+        let ready = new.volumes.iter().filter(|(_, v)| v.state.device_present());
         let ready: Vec<_> =
             ready.filter_map(|(k, v)| Some(((k.launcher.clone(), k.volume.clone()), v.device?))).collect();
         let all = new.volumes.keys().map(|k| (k.launcher.clone(), k.volume.clone())).collect();

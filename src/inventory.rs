@@ -64,7 +64,7 @@ pub struct Inventory {
     /// an older read cannot bring it back. Cleared of such entries at each full scan.
     pods: BTreeMap<PodUid, (Seq, Option<PodDisks>)>,
     devices: BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>,
-    /// The disk each volume had when it was first seen ready: learned, so lost on restart
+    /// The disk each volume's node reached when first seen present: learned, so lost on restart
     /// (then learned again), and the one fact here that no read can rebuild.
     remembered: BTreeMap<VolumeKeyRef, (DevNum, DiskId)>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),

@@ -18,7 +18,7 @@ fn metrics_reference_matches_the_binary() {
         .map(|l| l.split('`').nth(1).unwrap().to_string())
         .collect();
 
-    // A volume that vanished, so that the per-volume counter has a series too.
+    // A volume that vanished, so that the per-volume counters have a series too.
     let tree = KubeletTree::new();
     let mut disk = LoopDevice::add();
     tree.launcher("l");
@@ -27,6 +27,9 @@ fn metrics_reference_matches_the_binary() {
     agent.wait_ready();
     disk.remove();
     agent.wait_volume("l", "v", Some("vanished"));
+    // And a new disk under the same number, for the replaced counter.
+    let _reused = LoopDevice::re_add(disk.index);
+    agent.wait_volume("l", "v", Some("replaced"));
     // Prometheus text names counters with their _total suffix, as the docs do.
     let served: BTreeSet<String> = agent
         .metrics()

@@ -438,8 +438,8 @@ fn a_reused_device_number_is_replaced_never_ready() {
     scan.identities.insert(d(1), "diskseq:10".into());
     inv.apply(Observation::FullScan(scan));
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
-    let key = (L1.to_string(), "disk1".to_string());
-    inv.remember_ready([(key.clone(), d(1))], &BTreeSet::from([key.clone()]));
+    let vk = (L1.to_string(), "disk1".to_string());
+    inv.remember_ready([(vk.clone(), d(1))], &BTreeSet::from([vk.clone()]));
 
     // Same disk seen again: still ready.
     inv.apply(Observation::Device { seq: 2, device: d(1), present: true, identity: Some("diskseq:10".into()) });
@@ -452,6 +452,6 @@ fn a_reused_device_number_is_replaced_never_ready() {
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
     assert!(v.volumes[&key(L1, "disk1")].is_alarm() && !VolumeState::Replaced.device_present());
     // Learning again does not overwrite what the volume had.
-    inv.remember_ready([(key.clone(), d(1))], &BTreeSet::from([key]));
+    inv.remember_ready([(vk.clone(), d(1))], &BTreeSet::from([vk]));
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Replaced);
 }
