@@ -23,7 +23,7 @@ shift || true
 fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir"
 targets=("$@")
-((${#targets[@]})) || targets=(mountinfo uevent)
+((${#targets[@]})) || targets=(mountinfo uevent kmsg)
 target_dir=$fuzz_dir/target
 method=${FUZZ_METHOD:-cargo-fuzz}
 

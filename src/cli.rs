@@ -45,6 +45,17 @@ pub struct NodeArgs {
     /// The mount table of the host's mount namespace (needs hostPID in a pod).
     #[arg(long, env = "HOTPLUG_WATCHDOG_MOUNTINFO", default_value = "/proc/1/mountinfo")]
     pub mountinfo: PathBuf,
+    /// The kernel log, read for block-layer I/O errors on hotplug devices (read-only;
+    /// needs CAP_SYSLOG or root); `off` to not read it.
+    #[arg(long, env = "HOTPLUG_WATCHDOG_KMSG", default_value = "/dev/kmsg")]
+    pub kmsg: PathBuf,
+}
+
+impl NodeArgs {
+    /// The kernel log to read, unless switched off.
+    pub fn kmsg(&self) -> Option<&std::path::Path> {
+        (self.kmsg.as_os_str() != "off").then_some(self.kmsg.as_path())
+    }
 }
 
 impl NodeArgs {

@@ -12,12 +12,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cluster::events::VmiEvent;
 use crate::cluster::view::{ClusterView, VmiRef};
+use crate::device::DevNum;
 use crate::inventory::{ClusterFacts, Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
 use crate::notice::{notices, Notice};
 use crate::sources::health::{Health, Heartbeat};
-use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock};
+use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
 use crate::verdict::{judge, transitions, Transitions, Verdicts, VolumeKey, VolumeState};
 
 pub struct Engine {
@@ -119,6 +120,13 @@ impl Engine {
                         rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
                     }
                     Message::Cluster(view) => self.apply_cluster(*view),
+                    Message::IoError { device, received } => {
+                        earliest = earliest.min(received);
+                        self.count_io_error(device);
+                    }
+                    Message::KmsgLost(n) => {
+                        self.metrics.kmsg_lost_total.inc_by(n);
+                    }
                 }
             }
             let scanned = rescan.map(|reason| self.rescan(reason));
@@ -130,6 +138,19 @@ impl Engine {
             if let Some(ok) = scanned {
                 self.health.set_ready(ok);
             }
+        }
+    }
+
+    /// Counts a kernel I/O error against every volume whose device it is; errors on other
+    /// devices are not ours to count.
+    fn count_io_error(&mut self, device: DevNum) {
+        self.metrics.source_events_total.get_or_create(&SourceLabel { source: SourceKind::Kmsg.metric_label() }).inc();
+        let keys: Vec<VolumeKey> =
+            self.verdicts.volumes.iter().filter(|(_, v)| v.device == Some(device)).map(|(k, _)| k.clone()).collect();
+        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            *published.io_errors.entry(k.clone()).or_default() += 1;
+            self.metrics.io_errors_total.get_or_create(&published.volume_labels(&k)).inc();
         }
     }
 

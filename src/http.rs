@@ -55,7 +55,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn scan(State(s): State<AppState>) -> impl IntoResponse {
     let p = s.published.read().unwrap_or_else(|e| e.into_inner());
-    let report = Report::new(&p.verdicts, &p.names, &p.skipped);
+    let report = Report::new(&p.verdicts, &p.names, &p.skipped, &p.io_errors);
     ([(header::CONTENT_TYPE, "application/json")], report.to_json())
 }
 

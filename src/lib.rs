@@ -4,6 +4,7 @@ pub mod device;
 pub mod engine;
 pub mod http;
 pub mod inventory;
+pub mod kmsg;
 pub mod layout;
 pub mod metrics;
 pub mod mountinfo;

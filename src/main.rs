@@ -48,7 +48,21 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
         inventory.apply(Observation::Cluster(ClusterFacts { owners: view.owners, spec_volumes: view.spec_volumes }));
         names = view.names;
     }
-    let report = Report::new(&judge(&inventory), &names, &read.skipped);
+    let verdicts = judge(&inventory);
+    let mut io_errors = std::collections::BTreeMap::new();
+    if let Some(kmsg) = args.node.kmsg() {
+        match sources::kmsg::errors_in_buffer(kmsg, &args.node.sysfs) {
+            Ok(per_device) => {
+                for (key, v) in &verdicts.volumes {
+                    if let Some(n) = v.device.and_then(|d| per_device.get(&d)) {
+                        io_errors.insert(key.clone(), *n);
+                    }
+                }
+            }
+            Err(e) => eprintln!("hotplug-watchdog: not counting I/O errors: cannot read {}: {e}", kmsg.display()),
+        }
+    }
+    let report = Report::new(&verdicts, &names, &read.skipped, &io_errors);
     match args.format {
         Format::Json => println!("{}", report.to_json()),
         Format::Table => print!("{}", report.to_table()),
@@ -101,6 +115,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
     sources::inotify::spawn(&paths, tx.clone(), clock.clone(), health.register("inotify"))
         .context("cannot start inotify")?;
+    if let Some(kmsg) = args.node.kmsg() {
+        // Optional: without the kernel log the agent still sees devices come and go.
+        if let Err(e) =
+            sources::kmsg::spawn(kmsg.to_path_buf(), paths.sysfs.clone(), tx.clone(), health.register("kmsg"))
+        {
+            tracing::warn!(path = %kmsg.display(), error = %e, "not counting kernel I/O errors: cannot read the kernel log");
+        }
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -88,6 +88,8 @@ pub struct Published {
     pub verdicts: Verdicts,
     pub names: BTreeMap<PodUid, PodNames>,
     pub skipped: Vec<crate::layout::Skipped>,
+    /// Kernel I/O errors counted per volume since the agent started.
+    pub io_errors: BTreeMap<VolumeKey, u64>,
 }
 
 impl Published {
@@ -119,6 +121,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub vanished_total: Family<VolumeLabels, Counter>,
     pub replaced_total: Family<VolumeLabels, Counter>,
+    pub io_errors_total: Family<VolumeLabels, Counter>,
+    pub kmsg_lost_total: Counter,
     pub transitions_total: Family<StateLabel, Counter>,
     pub detection_latency: Family<StateLabel, Histogram>,
     pub time_to_ready: Histogram,
@@ -145,6 +149,18 @@ impl Metrics {
             "device_replaced",
             "Times a hotplug volume's device number came to belong to a different disk (a new diskseq) under the launcher",
             replaced_total.clone(),
+        );
+        let io_errors_total = Family::<VolumeLabels, Counter>::default();
+        registry.register(
+            "volume_io_errors",
+            "Block-layer I/O errors the kernel logged for the volume's device",
+            io_errors_total.clone(),
+        );
+        let kmsg_lost_total = Counter::default();
+        registry.register(
+            "kmsg_lost_records",
+            "Kernel log records overwritten before the agent read them (errors among them are not counted)",
+            kmsg_lost_total.clone(),
         );
         let transitions_total = Family::<StateLabel, Counter>::default();
         registry.register(
@@ -226,6 +242,8 @@ impl Metrics {
             registry,
             vanished_total,
             replaced_total,
+            io_errors_total,
+            kmsg_lost_total,
             transitions_total,
             detection_latency,
             time_to_ready,

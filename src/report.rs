@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::device::DevNum;
 use crate::layout::{PodUid, Skipped};
-use crate::verdict::{Verdicts, VolumeMode, VolumeState};
+use crate::verdict::{Verdicts, VolumeKey, VolumeMode, VolumeState};
 
 /// Cluster names for a pod, filled in by cluster mode; empty in standalone mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -42,6 +42,9 @@ pub struct VolumeReport {
     pub pod: Option<String>,
     /// Whether the VMI's spec still has the volume; `false`: an unplug is in progress.
     pub in_spec: Option<bool>,
+    /// Block-layer I/O errors the kernel logged for the volume's device (the agent: since
+    /// it started; `scan`: in the kernel's log buffer).
+    pub io_errors: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -66,7 +69,12 @@ pub struct SkippedReport {
 }
 
 impl Report {
-    pub fn new(verdicts: &Verdicts, names: &BTreeMap<PodUid, PodNames>, skipped: &[Skipped]) -> Self {
+    pub fn new(
+        verdicts: &Verdicts,
+        names: &BTreeMap<PodUid, PodNames>,
+        skipped: &[Skipped],
+        io_errors: &BTreeMap<VolumeKey, u64>,
+    ) -> Self {
         let name = |uid: &PodUid| names.get(uid).cloned().unwrap_or_default();
         let volumes = verdicts
             .volumes
@@ -84,6 +92,7 @@ impl Report {
                     vmi: n.vmi,
                     pod: n.pod,
                     in_spec: v.in_spec,
+                    io_errors: io_errors.get(key).copied().unwrap_or(0),
                 }
             })
             .collect();

@@ -23,8 +23,15 @@ fn metrics_reference_matches_the_binary() {
     let mut disk = LoopDevice::add();
     tree.launcher("l");
     tree.launcher_block("l", "v", disk.dev());
+    // And one with real I/O errors, for the error counter.
+    let failing = FailingDisk::new();
+    tree.launcher_block("l", "w", failing.disk.dev());
     let agent = Agent::start(&tree.root, &[]);
     agent.wait_ready();
+    failing.fail_writes();
+    agent.wait_until("I/O errors counted", std::time::Duration::from_secs(10), |a| {
+        a.metrics().contains("hotplug_watchdog_volume_io_errors_total{")
+    });
     disk.remove();
     agent.wait_volume("l", "v", Some("vanished"));
     // And a new disk under the same number, for the replaced counter.

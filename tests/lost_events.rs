@@ -72,14 +72,15 @@ struct Sysctl {
 impl Sysctl {
     fn set(path: &'static str, value: &str) -> Self {
         let old = std::fs::read_to_string(path).unwrap();
-        std::fs::write(path, value).unwrap();
+        // Some of these files take a value only with its newline.
+        std::fs::write(path, format!("{value}\n")).unwrap();
         Sysctl { path, old }
     }
 }
 
 impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.path, self.old.trim());
+        let _ = std::fs::write(self.path, format!("{}\n", self.old.trim()));
     }
 }
 

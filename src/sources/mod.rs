@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod inotify;
+pub mod kmsg;
 pub mod mounts;
 pub mod sysfs;
 pub mod uevents;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::device::DevNum;
 use crate::inventory::{FullScan, Observation, Seq};
 use crate::layout::{KubeletLayout, LayoutError, Skipped};
 
@@ -79,16 +81,19 @@ pub enum SourceKind {
     Inotify,
     Uevent,
     Mountinfo,
+    /// Block-layer error lines from the kernel log.
+    Kmsg,
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 3] = [SourceKind::Inotify, SourceKind::Uevent, SourceKind::Mountinfo];
+    pub const ALL: [SourceKind; 4] = [SourceKind::Inotify, SourceKind::Uevent, SourceKind::Mountinfo, SourceKind::Kmsg];
 
     pub fn metric_label(self) -> &'static str {
         match self {
             SourceKind::Inotify => "inotify",
             SourceKind::Uevent => "uevent",
             SourceKind::Mountinfo => "mountinfo",
+            SourceKind::Kmsg => "kmsg",
         }
     }
 }
@@ -105,6 +110,13 @@ pub enum Message {
         skipped: Vec<Skipped>,
     },
     Rescan(RescanReason),
+    /// The kernel logged a block-layer error on this device.
+    IoError {
+        device: DevNum,
+        received: Instant,
+    },
+    /// The kernel log overwrote this many records before they were read.
+    KmsgLost(u64),
     /// What the API server says about this node's objects (cluster mode).
     Cluster(Box<crate::cluster::view::ClusterView>),
 }

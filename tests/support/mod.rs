@@ -222,6 +222,16 @@ impl Mounted {
         Mounted(target.to_path_buf())
     }
 
+    /// A small tmpfs: a loop device over a sparse file bigger than it fails writes with
+    /// ENOSPC, which the block layer logs as a real error on that device.
+    pub fn tmpfs(target: &Path, size: &str) -> Self {
+        fs::create_dir_all(target).unwrap();
+        let data = format!("size={size}");
+        nix::mount::mount(Some("tmpfs"), target, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+            .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", target.display()));
+        Mounted(target.to_path_buf())
+    }
+
     pub fn bind(source: &Path, target: &Path) -> Self {
         nix::mount::mount(Some(source), target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
             .unwrap_or_else(|e| panic!("bind {} on {}: {e}", source.display(), target.display()));
@@ -236,6 +246,41 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A loop device whose writes fail past 1 MiB.
+pub struct FailingDisk {
+    pub disk: LoopDevice,
+    _mount: Mounted,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingDisk {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = Mounted::tmpfs(&dir.path().join("small"), "1M");
+        let backing = dir.path().join("small/backing");
+        std::fs::File::create(&backing).unwrap().set_len(16 << 20).unwrap();
+        let mut disk = LoopDevice::add();
+        disk.attach_file(&backing);
+        FailingDisk { disk, _mount: mount, _dir: dir }
+    }
+
+    /// Writes 4 MiB with O_DIRECT: the page cache cannot hide the error.
+    pub fn fail_writes(&self) {
+        let out = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=4", "oflag=direct"])
+            .arg(format!("of={}", self.disk.path().display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the write must fail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        self.disk.remove();
     }
 }
 

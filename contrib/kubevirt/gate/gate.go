@@ -28,12 +28,12 @@ const minRequeue = time.Second
 
 // Reasons. Allowed decisions:
 const (
-	ReasonOldPodTerminating      = "OldPodTerminating"
-	ReasonOldPodNotRunning       = "OldPodNotRunning"
-	ReasonNoVolumesInSpec        = "NoVolumesInSpec"
-	ReasonHandoffSafe            = "HandoffSafe"
-	ReasonVolumesReadyNoAgent    = "VolumesReadyNoAgent"
-	ReasonAgentDeadlineExceeded  = "AgentDeadlineExceeded"
+	ReasonOldPodTerminating     = "OldPodTerminating"
+	ReasonOldPodNotRunning      = "OldPodNotRunning"
+	ReasonNoVolumesInSpec       = "NoVolumesInSpec"
+	ReasonHandoffSafe           = "HandoffSafe"
+	ReasonVolumesReadyNoAgent   = "VolumesReadyNoAgent"
+	ReasonAgentDeadlineExceeded = "AgentDeadlineExceeded"
 )
 
 // Reasons. Blocked decisions:
