@@ -39,9 +39,16 @@ pub fn observe_devices(sysfs: &Path, seq: Seq, devices: impl IntoIterator<Item =
 /// The disk behind a device number: `diskseq:<n>` from sysfs (Linux 5.15+), else udev's
 /// `ID_WWN` or `ID_SERIAL` from its database, else unknown.
 pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
-    let seq = std::fs::read_to_string(sysfs.join(format!("dev/block/{dev}/diskseq"))).ok();
+    let dir = sysfs.join(format!("dev/block/{dev}"));
+    let seq = std::fs::read_to_string(dir.join("diskseq")).ok();
     if let Some(seq) = seq.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         return Some(format!("diskseq:{seq}"));
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if dir.exists() {
+        SAID.call_once(|| {
+            tracing::warn!("this kernel has no diskseq (Linux 5.15+): a reused device number is told apart only by udev's ID_WWN/ID_SERIAL, where udev has them");
+        });
     }
     let udev = std::fs::read_to_string(format!("/run/udev/data/b{dev}")).ok()?;
     udev.lines().find_map(|l| {
