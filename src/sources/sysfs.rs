@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::device::DevNum;
 use crate::inventory::{DiskId, Observation, Seq};
@@ -40,9 +40,14 @@ pub fn observe_devices(sysfs: &Path, seq: Seq, devices: impl IntoIterator<Item =
 /// `ID_WWN` or `ID_SERIAL` from its database, else unknown.
 pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
     let dir = sysfs.join(format!("dev/block/{dev}"));
-    let seq = std::fs::read_to_string(dir.join("diskseq")).ok();
-    if let Some(seq) = seq.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        return Some(format!("diskseq:{seq}"));
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    // A partition has no diskseq of its own: its disk's, and its number on that disk.
+    let seq = match read(dir.join("partition")) {
+        Some(part) => read(dir.join("../diskseq")).map(|seq| format!("diskseq:{seq}p{part}")),
+        None => read(dir.join("diskseq")).map(|seq| format!("diskseq:{seq}")),
+    };
+    if seq.is_some() {
+        return seq;
     }
     static SAID: std::sync::Once = std::sync::Once::new();
     if dir.exists() {
