@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::cluster::events::VmiEvent;
 use crate::cluster::view::{ClusterView, VmiRef};
 use crate::device::DevNum;
-use crate::inventory::{ClusterFacts, Inventory, Observation};
+use crate::inventory::{Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
 use crate::notice::{notices, Notice};
@@ -155,8 +155,7 @@ impl Engine {
     }
 
     fn apply_cluster(&mut self, view: ClusterView) {
-        self.inventory
-            .apply(Observation::Cluster(ClusterFacts { owners: view.owners, spec_volumes: view.spec_volumes }));
+        self.inventory.apply(Observation::Cluster(view.facts()));
         self.published.write().unwrap_or_else(|e| e.into_inner()).names = view.names;
         self.vmis = view.vmis;
     }

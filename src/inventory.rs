@@ -56,6 +56,8 @@ pub struct ClusterFacts {
     pub owners: BTreeMap<PodUid, PodUid>,
     /// Launcher pod -> volume names in its VMI's spec, where the VMI is known.
     pub spec_volumes: BTreeMap<PodUid, BTreeSet<String>>,
+    /// Attachment pod -> its creation time (Unix seconds).
+    pub created: BTreeMap<PodUid, i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -168,6 +170,19 @@ impl Inventory {
 
     pub fn owner_of(&self, attachment: &str) -> Option<&PodUid> {
         self.cluster.owners.get(attachment)
+    }
+
+    /// Whether attachment pod `a` is newer than `b`: later created, ties broken by UID so
+    /// that of two pods exactly one is newer. Unknown ages (standalone mode): yes.
+    pub fn age_known(&self, pod: &str) -> bool {
+        self.cluster.created.contains_key(pod)
+    }
+
+    pub fn newer(&self, a: &str, b: &str) -> bool {
+        match (self.cluster.created.get(a), self.cluster.created.get(b)) {
+            (Some(ta), Some(tb)) => (ta, a) > (tb, b),
+            _ => true,
+        }
     }
 
     /// Whether the launcher's VMI still has this volume in its spec; `None` when unknown

@@ -8,7 +8,7 @@ use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::http;
-use hotplug_watchdog::inventory::{ClusterFacts, Inventory, Observation};
+use hotplug_watchdog::inventory::{Inventory, Observation};
 use hotplug_watchdog::metrics::{Metrics, SharedPublished};
 use hotplug_watchdog::report::Report;
 use hotplug_watchdog::sources::health::Health;
@@ -45,7 +45,7 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
             let client = cluster::client::connect(Some(kubeconfig), Default::default()).await?;
             cluster::list_view(client, &node).await.with_context(|| format!("cannot list node {node}'s pods and VMIs"))
         })?;
-        inventory.apply(Observation::Cluster(ClusterFacts { owners: view.owners, spec_volumes: view.spec_volumes }));
+        inventory.apply(Observation::Cluster(view.facts()));
         names = view.names;
     }
     let verdicts = judge(&inventory);

@@ -188,8 +188,26 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         }
     }
 
+    let owners: BTreeMap<&PodUid, Option<PodUid>> =
+        served.block_volumes.keys().map(|&pod| (pod, owner(inv, pod, &served, &verdicts, &launchers))).collect();
+    // Where cluster mode knows the pods' ages, the newest attachment pod of each launcher
+    // is the one KubeVirt keeps ("current"); it deletes all others at once.
+    let mut newest: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
+    for (&pod, launcher) in &owners {
+        if let (Some(l), true) = (launcher, inv.age_known(pod)) {
+            let n = newest.entry(l).or_insert(pod);
+            if inv.newer(pod, n) {
+                *n = pod;
+            }
+        }
+    }
     for (&pod, block_volumes) in &served.block_volumes {
-        let launcher = owner(inv, pod, &served, &verdicts, &launchers);
+        let launcher = owners[pod].clone();
+        // Who can take over from this pod: for an old pod, only the current one (two old
+        // pods must not vouch for each other and both go); for the current pod, or where
+        // ages are unknown, any other pod serving the device.
+        let current = launcher.as_ref().and_then(|l| newest.get(l)).filter(|n| ***n != *pod && inv.age_known(pod));
+        let takes_over = |b: &PodUid| current.is_none_or(|n| *n == b);
         let mut devices: BTreeMap<String, (DevNum, bool)> =
             block_volumes.iter().map(|(v, d)| (v.clone(), (*d, inv.device_present(*d)))).collect();
         for (site, dev) in inv.mounts() {
@@ -208,7 +226,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         for (key, v) in &verdicts.volumes {
             if v.backing_pods.contains(pod) {
                 att.volumes.insert(key.volume.clone());
-                if v.backing_pods.len() == 1 {
+                if !v.backing_pods.iter().any(|b| b != pod && takes_over(b)) {
                     att.sole_backer_of.insert(key.clone());
                 }
             }

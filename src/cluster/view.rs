@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 
+use crate::inventory::ClusterFacts;
 use crate::layout::PodUid;
 use crate::report::PodNames;
 
@@ -39,6 +40,8 @@ pub struct ClusterView {
     pub owners: BTreeMap<PodUid, PodUid>,
     /// Every attachment pod the API server places on this node, UID -> name.
     pub attachment_pods: BTreeMap<PodUid, String>,
+    /// Attachment pod -> creation time (Unix seconds): which one is newer.
+    pub created: BTreeMap<PodUid, i64>,
     /// Launcher pod -> its VMI.
     pub vmis: BTreeMap<PodUid, VmiRef>,
     /// Launcher pod -> the volume names in its VMI's spec. Absent when the VMI is not known:
@@ -60,6 +63,15 @@ fn controller_owner<'a>(pod: &'a Pod, kind: &str) -> Option<&'a str> {
 }
 
 impl ClusterView {
+    /// The part of the view the node engine judges with.
+    pub fn facts(&self) -> ClusterFacts {
+        ClusterFacts {
+            owners: self.owners.clone(),
+            spec_volumes: self.spec_volumes.clone(),
+            created: self.created.clone(),
+        }
+    }
+
     pub fn build<'a>(
         pods: impl IntoIterator<Item = &'a Pod>,
         vmis: impl IntoIterator<Item = &'a DynamicObject>,
@@ -111,6 +123,9 @@ impl ClusterView {
         for pod in pods.iter().filter(|p| role(p) == Some(ATTACHMENT_ROLE)) {
             let Some(uid) = &pod.metadata.uid else { continue };
             view.attachment_pods.insert(uid.clone(), pod.metadata.name.clone().unwrap_or_default());
+            if let Some(t) = &pod.metadata.creation_timestamp {
+                view.created.insert(uid.clone(), t.0.as_second());
+            }
             let launcher = controller_owner(pod, "Pod").map(str::to_string);
             let vmi = launcher.as_ref().and_then(|l| view.names.get(l)).and_then(|n| n.vmi.clone());
             view.names.insert(

@@ -174,6 +174,7 @@ fn owner_is_unknown_with_several_launchers_until_cluster_mode_says() {
     inv.apply(Observation::Cluster(ClusterFacts {
         owners: BTreeMap::from([(A1.to_string(), L2.to_string())]),
         spec_volumes: BTreeMap::from([(L2.to_string(), BTreeSet::from(["disk1".to_string()]))]),
+        ..Default::default()
     }));
     let v = judge(&inv);
     assert_eq!(state(&v, L2, "disk1"), VolumeState::Pending);
@@ -192,6 +193,7 @@ fn a_volume_that_left_the_spec_is_no_alarm() {
     inv.apply(Observation::Cluster(ClusterFacts {
         owners: BTreeMap::new(),
         spec_volumes: BTreeMap::from([(L1.to_string(), BTreeSet::from(["kept".to_string()]))]),
+        ..Default::default()
     }));
     let v = judge(&inv);
     assert_eq!(state(&v, L1, "unplugged"), VolumeState::Vanished);
@@ -454,4 +456,45 @@ fn a_reused_device_number_is_replaced_never_ready() {
     // Learning again does not overwrite what the volume had.
     inv.remember_ready([(vk.clone(), d(1))], &BTreeSet::from([vk]));
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Replaced);
+}
+
+#[test]
+fn two_old_pods_cannot_vouch_for_each_other() {
+    // old1 and old2 serve the VM's device 7:1; the current pod got a new device 7:2.
+    let w = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
+        .attachment("old1", &[("disk1", d(1))])
+        .attachment("old2", &[("disk1", d(1))])
+        .attachment("current", &[("disk1", d(2))])
+        .devices(&[d(1), d(2)]);
+    // Without ages (standalone), each old pod counts the other: both look safe.
+    let v = w.judge();
+    assert!(safe(&v, "old1") && safe(&v, "old2"));
+    // With ages (cluster mode), only the current pod can take over, and it serves another
+    // device: KubeVirt would delete both old pods at once, so neither is safe.
+    let ages = |old1, old2| ClusterFacts {
+        created: BTreeMap::from([("old1".into(), old1), ("old2".into(), old2), ("current".into(), 300)]),
+        ..Default::default()
+    };
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(w.scan(1)));
+    inv.apply(Observation::Cluster(ages(100, 200)));
+    let v = judge(&inv);
+    assert!(!safe(&v, "old1") && !safe(&v, "old2"));
+    assert!(safe(&v, "current"), "the VM uses none of its devices yet");
+    inv.apply(Observation::Cluster(ages(100, 100)));
+    assert!(!safe(&judge(&inv), "old1") && !safe(&judge(&inv), "old2"), "same second: still neither");
+
+    // The current pod shares the device (kernel rbd): every pod is safe, the current one
+    // too (the old ones still serve it).
+    let shared = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
+        .attachment("old1", &[("disk1", d(1))])
+        .attachment("current", &[("disk1", d(1))])
+        .devices(&[d(1)]);
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(shared.scan(1)));
+    inv.apply(Observation::Cluster(ages(100, 200)));
+    let v = judge(&inv);
+    assert!(safe(&v, "old1") && safe(&v, "current"));
 }
