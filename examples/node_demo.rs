@@ -50,10 +50,7 @@ fn scenario(shared_device: bool) -> bool {
     let tree = KubeletTree::new();
     let mut old_dev = LoopDevice::add();
     let disk2_dev = LoopDevice::add();
-    tree.launcher(LAUNCHER);
-    tree.attachment(OLD);
-    tree.attach_block(OLD, "disk1", old_dev.dev());
-    tree.launcher_block(LAUNCHER, "disk1", old_dev.dev());
+    tree.hotplugged(LAUNCHER, OLD, "disk1", old_dev.dev());
     t.say("setup", &format!("{LAUNCHER} uses disk1 = {} from {OLD}", old_dev.dev()));
 
     let agent = Agent::start(&tree.root, &["--log-level", "warn"]);

@@ -152,10 +152,7 @@ fn unreadable_directory_is_reported_and_the_rest_still_scanned() {
     // Root reads everything; the scan runs as nobody to meet a permission wall.
     let tree = KubeletTree::new();
     let disk = LoopDevice::add();
-    tree.launcher("readable");
-    tree.attachment(A);
-    tree.attach_block(A, "v", disk.dev());
-    tree.launcher_block("readable", "v", disk.dev());
+    tree.hotplugged("readable", A, "v", disk.dev());
     let locked = tree.launcher("locked");
     // The temp dir is 0700; open it (and everything in the tree) to others.
     let temp_dir = tree.root.parent().unwrap();
@@ -203,10 +200,7 @@ fn kubelet_root_that_does_not_exist_yet_is_waited_for() {
 
     let disk = LoopDevice::add();
     fs::create_dir(&tree.root).unwrap();
-    tree.launcher(L);
-    tree.attachment(A);
-    tree.attach_block(A, "v", disk.dev());
-    tree.launcher_block(L, "v", disk.dev());
+    tree.hotplugged(L, A, "v", disk.dev());
     agent.wait_ready();
     agent.wait_volume(L, "v", Some("ready"));
 

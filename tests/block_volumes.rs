@@ -83,10 +83,7 @@ fn swap_to_a_pod_with_the_same_device_is_safe() {
     let tree = KubeletTree::new();
     let disk = LoopDevice::add();
     let second = LoopDevice::add();
-    tree.launcher(L);
-    tree.attachment(OLD);
-    tree.attach_block(OLD, "disk1", disk.dev());
-    tree.launcher_block(L, "disk1", disk.dev());
+    tree.hotplugged(L, OLD, "disk1", disk.dev());
     let agent = Agent::start(&tree.root, NO_PERIODIC_RESCAN);
     agent.wait_ready();
     agent.wait_volume(L, "disk1", Some("ready"));
@@ -117,10 +114,7 @@ fn swap_to_a_pod_with_a_new_device_is_unsafe_then_unbacked_then_vanished() {
     let tree = KubeletTree::new();
     let mut old_dev = LoopDevice::add();
     let new_dev = LoopDevice::add();
-    tree.launcher(L);
-    tree.attachment(OLD);
-    tree.attach_block(OLD, "disk1", old_dev.dev());
-    tree.launcher_block(L, "disk1", old_dev.dev());
+    tree.hotplugged(L, OLD, "disk1", old_dev.dev());
     let agent = Agent::start(&tree.root, NO_PERIODIC_RESCAN);
     agent.wait_ready();
     agent.wait_volume(L, "disk1", Some("ready"));

@@ -197,10 +197,7 @@ fn api_server_absent_at_start_then_down_then_back() {
     let vm = create_vm(&cp, &["disk1"]);
     let tree = KubeletTree::new();
     let mut disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let kubeconfig = cp.agent_kubeconfig(NODE);
     cp.stop_apiserver();
 
@@ -246,10 +243,7 @@ fn deleted_and_recreated_objects_converge() {
     let vm = create_vm(&cp, &["disk1"]);
     let tree = KubeletTree::new();
     let disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     agent.wait_until("synced", Duration::from_secs(30), |a| entry(a, &vm.launcher_uid, "disk1")["in_spec"] == true);
 
@@ -287,10 +281,7 @@ fn steady_state_makes_no_api_requests() {
     let vm = create_vm(&cp, &["disk1"]);
     let tree = KubeletTree::new();
     let disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &[]);
     // Synced, and the attachment pod's conditions written once: from then on, nothing changes.
     agent.wait_until("synced and conditions written", Duration::from_secs(30), |a| {

@@ -37,10 +37,7 @@ fn real_io_errors_count_against_the_right_volume_only() {
     let tree = KubeletTree::new();
     let ours = FailingDisk::new();
     let other = FailingDisk::new(); // a device no volume uses
-    tree.launcher(L);
-    tree.attachment(A);
-    tree.attach_block(A, "disk1", ours.disk.dev());
-    tree.launcher_block(L, "disk1", ours.disk.dev());
+    tree.hotplugged(L, A, "disk1", ours.disk.dev());
     let agent = Agent::start(&tree.root, &["--rescan-interval", "1h"]);
     agent.wait_ready();
     agent.wait_volume(L, "disk1", Some("ready"));
@@ -62,23 +59,6 @@ fn real_io_errors_count_against_the_right_volume_only() {
     assert!(volume_entry(&report, L, "disk1").unwrap()["io_errors"].as_f64().unwrap() >= counted);
 }
 
-struct Sysctl(&'static str, String);
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Self {
-        let old = std::fs::read_to_string(path).unwrap();
-        // Some of these files take a value only with its newline.
-        std::fs::write(path, format!("{value}\n")).unwrap();
-        Sysctl(path, old)
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0, format!("{}\n", self.1.trim()));
-    }
-}
-
 #[test]
 fn a_reader_that_falls_behind_recovers_and_counts_what_it_lost() {
     if !require_root("a_reader_that_falls_behind_recovers_and_counts_what_it_lost") {
@@ -87,10 +67,7 @@ fn a_reader_that_falls_behind_recovers_and_counts_what_it_lost() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tree = KubeletTree::new();
     let ours = FailingDisk::new();
-    tree.launcher(L);
-    tree.attachment(A);
-    tree.attach_block(A, "disk1", ours.disk.dev());
-    tree.launcher_block(L, "disk1", ours.disk.dev());
+    tree.hotplugged(L, A, "disk1", ours.disk.dev());
     let agent = Agent::start(&tree.root, &["--rescan-interval", "1h"]);
     agent.wait_ready();
     agent.wait_volume(L, "disk1", Some("ready"));

@@ -41,10 +41,7 @@ fn uevent_buffer_overflow_is_repaired_by_a_rescan() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tree = KubeletTree::new();
     let mut disk = LoopDevice::add();
-    tree.launcher(L);
-    tree.attachment(A);
-    tree.attach_block(A, "disk1", disk.dev());
-    tree.launcher_block(L, "disk1", disk.dev());
+    tree.hotplugged(L, A, "disk1", disk.dev());
     // The kernel rounds a tiny buffer up to its minimum (a few KiB): a dozen uevents.
     let agent = Agent::start(&tree.root, &["--rescan-interval", "1h", "--uevent-buffer-bytes", "1"]);
     agent.wait_ready();
@@ -62,26 +59,6 @@ fn uevent_buffer_overflow_is_repaired_by_a_rescan() {
     let m = agent.metrics();
     assert!(metric(&m, "hotplug_watchdog_rescans_total{reason=\"uevent_overflow\"}") >= 1.0, "{m}");
     assert_same_as_fresh_scan(&agent, &tree);
-}
-
-struct Sysctl {
-    path: &'static str,
-    old: String,
-}
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Self {
-        let old = std::fs::read_to_string(path).unwrap();
-        // Some of these files take a value only with its newline.
-        std::fs::write(path, format!("{value}\n")).unwrap();
-        Sysctl { path, old }
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.path, format!("{}\n", self.old.trim()));
-    }
 }
 
 #[test]

@@ -63,10 +63,7 @@ fn conditions_follow_a_swap_and_leave_others_alone() {
     );
     let tree = KubeletTree::new();
     let mut old_dev = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", old_dev.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", old_dev.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", old_dev.dev());
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     agent.wait_ready();
 
@@ -187,10 +184,7 @@ fn losing_its_role_is_reported_and_survived() {
     let vm = create_vm(&cp, &["disk1"]);
     let tree = KubeletTree::new();
     let mut disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "True");
 

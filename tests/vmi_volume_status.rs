@@ -101,10 +101,7 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
     let tree = KubeletTree::new();
     let disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(
         &tree.root,
         &cp.agent_kubeconfig(NODE),
@@ -206,10 +203,7 @@ fn a_write_put_back_is_detected_and_not_fought() {
     let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
     let tree = KubeletTree::new();
     let mut disk = LoopDevice::add();
-    tree.launcher(&vm.launcher_uid);
-    tree.attachment(&vm.attachment_uid);
-    tree.attach_block(&vm.attachment_uid, "disk1", disk.dev());
-    tree.launcher_block(&vm.launcher_uid, "disk1", disk.dev());
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     let agent = Agent::start_cluster(
         &tree.root,
         &cp.agent_kubeconfig(NODE),

@@ -199,6 +199,15 @@ impl KubeletTree {
         make_block_node(&self.hotplug_dir(uid).join(volume.as_ref()), dev);
     }
 
+    /// A volume hotplugged and in use: the launcher and the attachment pod, the PVC's
+    /// device in the attachment pod, and the node virt-handler made in the launcher.
+    pub fn hotplugged(&self, launcher: &str, attachment: &str, volume: &str, dev: DevNum) {
+        self.launcher(launcher);
+        self.attachment(attachment);
+        self.attach_block(attachment, volume, dev);
+        self.launcher_block(launcher, volume, dev);
+    }
+
     pub fn remove_pod(&self, uid: &str) {
         fs::remove_dir_all(self.root.join(uid)).unwrap();
     }
@@ -281,6 +290,27 @@ impl FailingDisk {
 impl Drop for FailingDisk {
     fn drop(&mut self) {
         self.disk.remove();
+    }
+}
+
+/// A machine-wide sysctl set for the length of a test, then put back.
+pub struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Self {
+        let old = std::fs::read_to_string(path).unwrap();
+        // Some of these files take a value only with its newline.
+        std::fs::write(path, format!("{value}\n")).unwrap();
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, format!("{}\n", self.old.trim()));
     }
 }
 
