@@ -137,7 +137,7 @@ impl Report {
         ]];
         for v in &self.volumes {
             rows.push(vec![
-                esc(&v.pod_uid),
+                who(&v.pod_uid, &v.namespace, &v.pod),
                 esc(&v.volume),
                 format!("{:?}", v.mode).to_lowercase(),
                 v.state.as_str().into(),
@@ -146,14 +146,30 @@ impl Report {
             ]);
         }
         let mut out = table(&rows);
+        let launcher_names: BTreeMap<&str, String> =
+            self.volumes.iter().map(|v| (v.pod_uid.as_str(), who(&v.pod_uid, &v.namespace, &v.pod))).collect();
         let mut rows =
             vec![vec!["ATTACHMENT POD".into(), "LAUNCHER POD".into(), "VOLUMES".into(), "HANDOFF SAFE".into()]];
         for a in &self.attachment_pods {
             rows.push(vec![
-                esc(&a.pod_uid),
-                a.launcher_pod_uid.as_deref().map_or("?".into(), esc),
+                who(&a.pod_uid, &a.namespace, &a.pod),
+                a.launcher_pod_uid
+                    .as_deref()
+                    .map_or("?".into(), |l| launcher_names.get(l).cloned().unwrap_or_else(|| esc(l))),
                 list(&a.volumes),
-                if a.handoff_safe { "yes".into() } else { format!("NO: orphans {}", list(&a.sole_backer_of)) },
+                if a.handoff_safe {
+                    "yes".into()
+                } else {
+                    {
+                        // `<launcher uid>/<volume>`: the launcher is in its own column.
+                        let volumes: Vec<String> = a
+                            .sole_backer_of
+                            .iter()
+                            .map(|k| k.split_once('/').map_or(k.clone(), |(_, v)| v.to_string()))
+                            .collect();
+                        format!("NO: alone serves {}", list(&volumes))
+                    }
+                },
             ]);
         }
         out.push('\n');
@@ -165,6 +181,14 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// A pod as a person knows it: `namespace/name` in cluster mode, else its UID.
+fn who(uid: &str, namespace: &Option<String>, name: &Option<String>) -> String {
+    match (namespace, name) {
+        (Some(ns), Some(name)) => esc(&format!("{ns}/{name}")),
+        _ => esc(uid),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod control_plane;
 pub mod kubevirt;
+pub mod race;
 
 use std::ffi::OsStr;
 use std::fs;
