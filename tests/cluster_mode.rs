@@ -195,9 +195,7 @@ fn api_server_absent_at_start_then_down_then_back() {
     }
     let mut cp = ControlPlane::start();
     let vm = create_vm(&cp, &["disk1"]);
-    let tree = KubeletTree::new();
-    let mut disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, mut disk) = node_with_disk1(&vm);
     let kubeconfig = cp.agent_kubeconfig(NODE);
     cp.stop_apiserver();
 
@@ -241,9 +239,7 @@ fn deleted_and_recreated_objects_converge() {
     }
     let cp = ControlPlane::start();
     let vm = create_vm(&cp, &["disk1"]);
-    let tree = KubeletTree::new();
-    let disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, disk) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     agent.wait_until("synced", Duration::from_secs(30), |a| entry(a, &vm.launcher_uid, "disk1")["in_spec"] == true);
 
@@ -279,9 +275,7 @@ fn steady_state_makes_no_api_requests() {
     }
     let cp = ControlPlane::start();
     let vm = create_vm(&cp, &["disk1"]);
-    let tree = KubeletTree::new();
-    let disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, _disk) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &[]);
     // Synced, and the attachment pod's conditions written once: from then on, nothing changes.
     agent.wait_until("synced and conditions written", Duration::from_secs(30), |a| {

@@ -61,9 +61,7 @@ fn conditions_follow_a_swap_and_leave_others_alone() {
         "hp-volume-aaaaa",
         json!({"type": HANDOFF_SAFE, "status": "True", "reason": "Stale", "message": "left over"}),
     );
-    let tree = KubeletTree::new();
-    let mut old_dev = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", old_dev.dev());
+    let (tree, mut old_dev) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     agent.wait_ready();
 
@@ -182,9 +180,7 @@ fn losing_its_role_is_reported_and_survived() {
     }
     let cp = ControlPlane::start();
     let vm = create_vm(&cp, &["disk1"]);
-    let tree = KubeletTree::new();
-    let mut disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, mut disk) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
     wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "True");
 

@@ -99,9 +99,7 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
     let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
     let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
-    let tree = KubeletTree::new();
-    let disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, disk) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(
         &tree.root,
         &cp.agent_kubeconfig(NODE),
@@ -201,9 +199,7 @@ fn a_write_put_back_is_detected_and_not_fought() {
     install_revert_policy(&cp);
     let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
     let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
-    let tree = KubeletTree::new();
-    let mut disk = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    let (tree, mut disk) = node_with_disk1(&vm);
     let agent = Agent::start_cluster(
         &tree.root,
         &cp.agent_kubeconfig(NODE),

@@ -8,6 +8,7 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::json;
 
 use super::control_plane::ControlPlane;
+use super::{KubeletTree, LoopDevice};
 
 pub const NODE: &str = "node-1";
 pub const NS: &str = "vms";
@@ -78,4 +79,13 @@ pub fn vmi_events(cp: &ControlPlane, reason: &str) -> Vec<Event> {
             })
             .collect()
     })
+}
+
+/// The VM's node: a temp kubelet tree where the VM's attachment pod serves `disk1` on a
+/// new loop device and the launcher uses it.
+pub fn node_with_disk1(vm: &Vm) -> (KubeletTree, LoopDevice) {
+    let tree = KubeletTree::new();
+    let disk = LoopDevice::add();
+    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
+    (tree, disk)
 }

@@ -83,9 +83,7 @@ pub fn play(rule: Rule, devices: Devices, hold: Duration, verbose: bool) -> Outc
     let cp = ControlPlane::start();
     t.say("setup", "kube-apiserver and etcd running, KubeVirt VMI CRD installed");
     let vm = create_vm(&cp, &["rootdisk", "disk1"]);
-    let tree = KubeletTree::new();
-    let mut old_dev = LoopDevice::add();
-    tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", old_dev.dev());
+    let (tree, mut old_dev) = node_with_disk1(&vm);
     set_running(&cp, "virt-launcher-vm1-abcde");
     set_running(&cp, "hp-volume-aaaaa");
     t.say("setup", format!("VM vm1 uses hotplugged disk1 = {} from hp-volume-aaaaa", old_dev.dev()));
