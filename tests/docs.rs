@@ -28,9 +28,8 @@ fn metrics_reference_matches_the_binary() {
     tree.launcher_block("l", "w", failing.disk.dev());
     let agent = Agent::start(&tree.root, &[]);
     agent.wait_ready();
-    failing.fail_writes();
-    agent.wait_until("I/O errors counted", std::time::Duration::from_secs(10), |a| {
-        a.metrics().contains("hotplug_watchdog_volume_io_errors_total{")
+    failing.fail_writes_until("I/O errors counted", || {
+        agent.metrics().contains("hotplug_watchdog_volume_io_errors_total{")
     });
     disk.remove();
     agent.wait_volume("l", "v", Some("vanished"));

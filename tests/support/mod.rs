@@ -278,6 +278,23 @@ impl FailingDisk {
     }
 
     /// Writes 4 MiB with O_DIRECT: the page cache cannot hide the error.
+    /// The kernel rate-limits these log lines (a burst of 10 per 5 s), so one failed write
+    /// may log nothing: fail writes about once a second until `seen` (a bounded wait).
+    pub fn fail_writes_until(&self, what: &str, seen: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.fail_writes();
+            let next = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < next {
+                if seen() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(Instant::now() < deadline, "timed out after 30 s waiting for {what}");
+        }
+    }
+
     pub fn fail_writes(&self) {
         let out = Command::new("dd")
             .args(["if=/dev/zero", "bs=1M", "count=4", "oflag=direct"])
