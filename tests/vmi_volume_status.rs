@@ -90,6 +90,26 @@ async fn controller_like(api: Api<DynamicObject>, stop: Arc<AtomicBool>, stored:
     }
 }
 
+/// vm1 with rootdisk, disk1 (hotplugged, on a loop device) and disk9, its volumeStatus as
+/// KubeVirt writes it, and the agent in cluster mode with `--vmi-volume-status mode`,
+/// synced. Returns disk1's entry as it was before the agent ran.
+fn vm_watched_by_agent(cp: &ControlPlane, mode: &str) -> (Vm, Value, KubeletTree, LoopDevice, Agent) {
+    let vm = create_vm(cp, &["rootdisk", "disk1", "disk9"]);
+    let disk1_before = set_initial_status(cp, &vm.attachment_uid);
+    let (tree, disk) = node_with_disk1(&vm);
+    let agent = Agent::start_cluster(
+        &tree.root,
+        &cp.agent_kubeconfig(NODE),
+        NODE,
+        &["--rescan-interval", "1h", "--vmi-volume-status", mode],
+    );
+    agent.wait_ready();
+    agent.wait_until("synced", Duration::from_secs(30), |a| {
+        volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1")
+    });
+    (vm, disk1_before, tree, disk, agent)
+}
+
 #[test]
 fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     if !require_root("reason_and_message_set_and_taken_back_while_kubevirt_writes_too") {
@@ -97,19 +117,7 @@ fn reason_and_message_set_and_taken_back_while_kubevirt_writes_too() {
     }
     let cp = ControlPlane::start();
     cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
-    let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
-    let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
-    let (tree, disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(
-        &tree.root,
-        &cp.agent_kubeconfig(NODE),
-        NODE,
-        &["--rescan-interval", "1h", "--vmi-volume-status", "on"],
-    );
-    agent.wait_ready();
-    agent.wait_until("synced", Duration::from_secs(30), |a| {
-        volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1")
-    });
+    let (vm, disk1_before, tree, disk, agent) = vm_watched_by_agent(&cp, "on");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (handler_n, controller_n) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
@@ -197,19 +205,7 @@ fn a_write_put_back_is_detected_and_not_fought() {
     let cp = ControlPlane::start();
     cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
     install_revert_policy(&cp);
-    let vm = create_vm(&cp, &["rootdisk", "disk1", "disk9"]);
-    let disk1_before = set_initial_status(&cp, &vm.attachment_uid);
-    let (tree, mut disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(
-        &tree.root,
-        &cp.agent_kubeconfig(NODE),
-        NODE,
-        &["--rescan-interval", "1h", "--vmi-volume-status", "auto"],
-    );
-    agent.wait_ready();
-    agent.wait_until("synced", Duration::from_secs(30), |a| {
-        volume_entry(&a.report(), &vm.launcher_uid, "disk1").is_some_and(|v| v["vmi"] == "vm1")
-    });
+    let (vm, disk1_before, _tree, mut disk, agent) = vm_watched_by_agent(&cp, "auto");
 
     disk.remove();
     let reverted = "hotplug_watchdog_status_writes_total{kind=\"vmi_volume_status\",result=\"reverted\"}";
