@@ -97,7 +97,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let clock = Arc::new(SeqClock::default());
     let health = Arc::new(Health::default());
     let published = SharedPublished::default();
-    let metrics = Arc::new(Metrics::new(published.clone()));
+    let metrics = Arc::new(Metrics::new(published.clone(), health.clone()));
 
     // Listen before reading: uevents and the mount table first, then the tree watch, which
     // asks for the first full scan once its watches are in place. Nothing that happens

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::layout::{PodUid, SkipReason};
 use crate::notice::NoticeKind;
 use crate::report::PodNames;
+use crate::sources::health::Health;
 use crate::sources::{RescanReason, SourceKind};
 use crate::verdict::{Verdicts, VolumeKey, VolumeState};
 
@@ -136,7 +137,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(published: SharedPublished) -> Self {
+    pub fn new(published: SharedPublished, health: Arc<Health>) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let vanished_total = Family::<VolumeLabels, Counter>::default();
         registry.register(
@@ -215,6 +216,7 @@ impl Metrics {
             }
         }
         registry.register_collector(Box::new(VerdictGauges(published)));
+        registry.register_collector(Box::new(AgentGauges(health)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
         for state in VolumeState::ALL.map(VolumeState::as_str) {
@@ -324,6 +326,24 @@ impl Collector for VerdictGauges {
             }
         }
         let mut m = encoder.encode_descriptor(
+            "volume_unplugging",
+            "1 when the volume has left its VMI's spec (cluster mode): an unplug is under way and its device going away is expected",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, v) in &p.verdicts.volumes {
+            ConstGauge::new(i64::from(v.in_spec == Some(false))).encode(m.encode_family(&p.volume_labels(key))?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "attachment_pod_superseded",
+            "1 when another attachment pod of the same launcher is meant to replace this one (a swap is under way)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (uid, a) in &p.verdicts.attachment_pods {
+            ConstGauge::new(i64::from(a.superseded)).encode(m.encode_family(&p.pod_labels(uid))?)?;
+        }
+        let mut m = encoder.encode_descriptor(
             "attachment_pod_handoff_safe",
             "1 when deleting this attachment pod now leaves every launcher device it serves served by another pod",
             None,
@@ -332,6 +352,31 @@ impl Collector for VerdictGauges {
         for (uid, a) in &p.verdicts.attachment_pods {
             ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
         }
+        Ok(())
+    }
+}
+
+/// The agent's own state: readiness (what `/readyz` answers) and build information.
+#[derive(Debug)]
+struct AgentGauges(Arc<Health>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+impl Collector for AgentGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = encoder.encode_descriptor(
+            "ready",
+            "1 when the agent is ready (/readyz): the node was read in full and, in cluster mode, the API watches are in sync",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.0.readiness().is_ok())).encode(m)?;
+        let mut m =
+            encoder.encode_descriptor("build_info", "Always 1; the agent's version", None, MetricType::Gauge)?;
+        ConstGauge::new(1).encode(m.encode_family(&BuildLabels { version: env!("CARGO_PKG_VERSION") })?)?;
         Ok(())
     }
 }

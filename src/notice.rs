@@ -56,19 +56,11 @@ pub struct Notice {
     pub message: String,
 }
 
-/// Attachment pods that are not safe to delete while another attachment pod of the same
-/// launcher exists, i.e. during a swap. A lone pod serving its volumes is normal.
+/// Superseded attachment pods that are not safe to delete: the controller means to delete
+/// them (a swap is under way) but each is the only one serving a device the VM uses. A lone
+/// pod serving its volumes is normal.
 pub fn unsafe_handoffs(v: &Verdicts) -> BTreeSet<PodUid> {
-    v.attachment_pods
-        .iter()
-        .filter(|(pod, a)| {
-            !a.handoff_safe()
-                && a.launcher.as_ref().is_some_and(|l| {
-                    v.attachment_pods.iter().any(|(other, o)| other != *pod && o.launcher.as_ref() == Some(l))
-                })
-        })
-        .map(|(pod, _)| pod.clone())
-        .collect()
+    v.attachment_pods.iter().filter(|(_, a)| a.superseded && !a.handoff_safe()).map(|(pod, _)| pod.clone()).collect()
 }
 
 /// `pod_name` says a pod the way a person knows it (its name in cluster mode, else its UID).

@@ -100,6 +100,10 @@ pub struct AttachmentVerdict {
     pub launcher: Option<PodUid>,
     /// Launcher volumes whose device only this pod serves: deleting the pod orphans them.
     pub sole_backer_of: BTreeSet<VolumeKey>,
+    /// Another attachment pod of the same launcher is meant to replace this one, so the
+    /// controller is about to delete it: a newer pod where ages are known (cluster mode),
+    /// any other pod of the launcher where they are not.
+    pub superseded: bool,
     /// What the pod's own nodes and mounts point at, and whether that device exists: its
     /// block volumes by name, its filesystem mounts by path under its volumes directory.
     pub devices: BTreeMap<String, (DevNum, bool)>,
@@ -208,6 +212,11 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         // ages are unknown, any other pod serving the device.
         let current = launcher.as_ref().and_then(|l| newest.get(l)).filter(|n| ***n != *pod && inv.age_known(pod));
         let takes_over = |b: &PodUid| current.is_none_or(|n| *n == b);
+        let superseded = match (&launcher, inv.age_known(pod)) {
+            (Some(l), true) => newest.get(l).is_some_and(|n| *n != pod),
+            (Some(l), false) => owners.iter().any(|(&other, o)| other != pod && o.as_ref() == Some(l)),
+            (None, _) => false,
+        };
         let mut devices: BTreeMap<String, (DevNum, bool)> =
             block_volumes.iter().map(|(v, d)| (v.clone(), (*d, inv.device_present(*d)))).collect();
         for (site, dev) in inv.mounts() {
@@ -221,6 +230,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
             volumes: block_volumes.keys().cloned().collect(),
             launcher: launcher.clone(),
             sole_backer_of: BTreeSet::new(),
+            superseded,
             devices,
         };
         for (key, v) in &verdicts.volumes {

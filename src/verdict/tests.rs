@@ -498,3 +498,35 @@ fn two_old_pods_cannot_vouch_for_each_other() {
     let v = judge(&inv);
     assert!(safe(&v, "old1") && safe(&v, "current"));
 }
+
+#[test]
+fn only_pods_a_newer_one_replaces_are_superseded() {
+    // A swap adding disk2: the current pod holds disk1 on a new device and disk2, which the
+    // VM already uses; only the old pod is about to be deleted.
+    let w = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1))), ("disk2", LauncherEntry::Block(d(3)))])
+        .attachment("old", &[("disk1", d(1))])
+        .attachment("current", &[("disk1", d(2)), ("disk2", d(3))])
+        .devices(&[d(1), d(2), d(3)]);
+    let superseded = |v: &Verdicts, pod: &str| v.attachment_pods[pod].superseded;
+    // Without ages (standalone) either pod may be the one to go.
+    let v = w.judge();
+    assert!(superseded(&v, "old") && superseded(&v, "current"));
+    // With ages, only the old one; the current pod being the sole backer of disk2 is normal.
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(w.scan(1)));
+    inv.apply(Observation::Cluster(ClusterFacts {
+        created: BTreeMap::from([("old".into(), 100), ("current".into(), 200)]),
+        ..Default::default()
+    }));
+    let v = judge(&inv);
+    assert!(superseded(&v, "old") && !superseded(&v, "current"));
+    assert!(!safe(&v, "old") && !safe(&v, "current"));
+    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["old".to_string()]));
+    // A lone pod is never superseded.
+    let lone = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
+        .attachment("old", &[("disk1", d(1))])
+        .devices(&[d(1)]);
+    assert!(!superseded(&lone.judge(), "old"));
+}
