@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::cluster::events::VmiEvent;
 use crate::cluster::view::{ClusterView, VmiRef};
 use crate::device::DevNum;
+use crate::feed::Feed;
 use crate::inventory::{Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
@@ -41,6 +42,8 @@ pub struct Engine {
     events: Option<UnboundedSender<VmiEvent>>,
     /// Cluster mode: the verdicts, for the attachment-pod conditions.
     status: Option<UnboundedSender<Arc<Verdicts>>>,
+    /// `/watch` readers.
+    feed: Feed,
 }
 
 impl Engine {
@@ -68,7 +71,14 @@ impl Engine {
             vmis: BTreeMap::new(),
             events: None,
             status: None,
+            feed: Feed::default(),
         }
+    }
+
+    /// Volume transitions also go to `/watch` readers.
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// Cluster mode: notices also become Events on the VMI, and verdicts pod conditions.
@@ -271,6 +281,7 @@ impl Engine {
             let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
             let device = t.device.map(|d| d.to_string());
             tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
+            self.feed.publish(t, &self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k));
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
                 continue;

@@ -2,6 +2,7 @@ pub mod cli;
 pub mod cluster;
 pub mod device;
 pub mod engine;
+pub mod feed;
 pub mod http;
 pub mod inventory;
 pub mod kmsg;

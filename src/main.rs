@@ -7,6 +7,7 @@ use clap::Parser;
 use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
 use hotplug_watchdog::engine::Engine;
+use hotplug_watchdog::feed::Feed;
 use hotplug_watchdog::http;
 use hotplug_watchdog::inventory::{Inventory, Observation};
 use hotplug_watchdog::metrics::{Metrics, SharedPublished};
@@ -126,8 +127,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        let feed = Feed::default();
         let mut engine =
-            Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval);
+            Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
+                .with_feed(feed.clone());
         if let Some(node) = node_name.clone() {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
@@ -153,8 +156,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = http::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         let mode = if node_name.is_some() { "cluster" } else { "standalone" };
         tracing::info!(mode, node = ?node_name, listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running");
-        let state = http::AppState { metrics, published, health, stall_after: args.stall_timeout };
-        http::serve(listener, state, shutdown_signal()).await?;
+        // `/watch` streams end at shutdown, so that graceful shutdown does not wait on them.
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let state = http::AppState { metrics, published, health, stall_after: args.stall_timeout, feed, stopping };
+        http::serve(listener, state, async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(true);
+        })
+        .await?;
         tracing::info!("shut down");
         anyhow::Ok(())
     })

@@ -26,7 +26,7 @@ pub const PREFIX: &str = "hotplug_watchdog";
 /// Every value of the `verb` label of `api_requests_total`.
 pub const API_VERBS: [&str; 7] = ["watch", "get", "create", "update", "patch", "delete", "other"];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, serde::Serialize)]
 pub struct VolumeLabels {
     pub pod_uid: String,
     pub volume: String,

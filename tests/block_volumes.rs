@@ -26,11 +26,18 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     tree.launcher(L);
     let agent = Agent::start(&tree.root, NO_PERIODIC_RESCAN);
     agent.wait_ready();
+    // A /watch client hears every transition, in order, as it is published.
+    let mut watch = agent.watch();
+    let heard = |watch: &mut WatchStream, state: &str| {
+        watch.wait_for(L, "disk1", state, Duration::from_secs(10)).unwrap_or_else(|| panic!("/watch: no {state}"))
+    };
 
     // The attachment pod appears with the PVC's device: pending in the only launcher.
     tree.attachment(OLD);
     tree.attach_block(OLD, "disk1", disk.dev());
     agent.wait_volume(L, "disk1", Some("pending"));
+    let line = heard(&mut watch, "pending");
+    assert_eq!(line["from"], serde_json::Value::Null, "a new volume: {line}");
     let report = agent.report();
     assert_eq!(volume_entry(&report, L, "disk1").unwrap()["backing_pods"], serde_json::json!([OLD]));
 
@@ -46,7 +53,9 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     // The device goes away under the VM: the kernel's remove uevent is the only signal.
     let events_before = metric(&agent.metrics(), "hotplug_watchdog_source_events_total{source=\"uevent\"}");
     disk.remove();
-    agent.wait_volume(L, "disk1", Some("vanished"));
+    let line = heard(&mut watch, "vanished");
+    assert_eq!((line["from"].as_str(), line["device"].as_str()), (Some("ready"), Some(&*disk.dev().to_string())));
+    assert_eq!(volume_state(&agent.report(), L, "disk1").as_deref(), Some("vanished"), "published before told");
     let m = agent.metrics();
     assert!(
         metric(&m, "hotplug_watchdog_source_events_total{source=\"uevent\"}") > events_before,
@@ -70,8 +79,12 @@ fn block_volume_pending_then_ready_then_vanished_through_uevents() {
     assert_eq!(metric(&m, &format!("hotplug_watchdog_device_vanished_total{{{labels}}}")), 1.0);
     assert_eq!(metric(&m, &format!("hotplug_watchdog_volume_state{{{labels},state=\"ready\"}}")), 0.0);
 
+    heard(&mut watch, "replaced");
+
+    // An open /watch stream does not hold up a shutdown; it ends with it.
     let status = agent.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    assert!(watch.next(Duration::from_secs(5)).is_none(), "the stream ends at shutdown");
 }
 
 #[test]

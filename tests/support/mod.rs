@@ -479,12 +479,67 @@ impl Agent {
         self.child.as_ref().expect("agent running").id()
     }
 
+    /// Subscribes to `/watch`: volume transitions as the agent publishes them.
+    pub fn watch(&self) -> WatchStream {
+        WatchStream::connect(self.port)
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
             .unwrap();
         child.wait().unwrap()
+    }
+}
+
+/// A `/watch` reader. HTTP/1.0, so the body is plain lines until the agent closes it.
+pub struct WatchStream(std::io::BufReader<TcpStream>);
+
+impl WatchStream {
+    pub fn connect(port: u16) -> Self {
+        use std::io::BufRead;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the agent");
+        write!(s, "GET /watch HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.") && line.contains(" 200 "), "GET /watch: {line}");
+        // The headers end with an empty line.
+        while {
+            line.clear();
+            r.read_line(&mut line).unwrap() > 0 && line.trim_end() != ""
+        } {}
+        WatchStream(r)
+    }
+
+    /// The next transition line, parsed; `None` at the end of the stream or after `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        self.0.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        match self.0.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("/watch line {line:?}: {e}"))),
+        }
+    }
+
+    /// Reads until a line about `launcher/volume` entering `state`; `None` after `timeout`.
+    pub fn wait_for(
+        &mut self,
+        launcher: &str,
+        volume: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let line = self.next(left)?;
+            if line["pod_uid"] == launcher && line["volume"] == volume && line["to"] == state {
+                return Some(line);
+            }
+        }
+        None
     }
 }
 
