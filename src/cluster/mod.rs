@@ -199,6 +199,8 @@ pub async fn watch(
     // When to bring the pods' conditions in line next; armed by any change.
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
+        // New verdicts are the node's news: written at once, no coalescing window.
+        let mut node_news = false;
         let flush = async {
             match flush_at {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -208,7 +210,10 @@ pub async fn watch(
         tokio::select! {
             Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
             Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
-            Some(v) = verdicts_rx.recv() => verdicts = Some(v),
+            Some(v) = verdicts_rx.recv() => {
+                verdicts = Some(v);
+                node_news = true;
+            }
             () = flush => {
                 flush_at = None;
                 if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
@@ -233,12 +238,16 @@ pub async fn watch(
         }
         while let Ok(v) = verdicts_rx.try_recv() {
             verdicts = Some(v);
+            node_news = true;
         }
         // Until both hold a complete list, a view would claim volumes left specs.
         if !(pods.synced && vmis.synced) {
             continue;
         }
-        let coalesced = tokio::time::Instant::now() + status::COALESCE;
+        // Changes of cluster objects wait a moment: a burst (a swap, our own writes coming
+        // back) makes one write, and the engine's verdicts catch up with the new view.
+        // Verdicts already reflect the view they were judged with.
+        let coalesced = tokio::time::Instant::now() + if node_news { Duration::ZERO } else { status::COALESCE };
         flush_at = Some(flush_at.map_or(coalesced, |t| t.min(coalesced)));
         let view = ClusterView::build(pods.by_uid.values(), vmis.by_uid.values());
         if last_sent.as_ref() != Some(&view) {

@@ -292,6 +292,45 @@ impl ControlPlane {
         let path = self.agent_kubeconfig(node);
         self.rt.block_on(client_from(&path))
     }
+
+    /// The admin (system:masters) kubeconfig, for kubectl.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// kubectl of the same Kubernetes release, built by build.sh next to kube-apiserver.
+    pub fn kubectl(&self) -> PathBuf {
+        let path = self.bin.join("kubectl");
+        assert!(
+            path.is_file(),
+            "{} missing: the control plane in {} predates kubectl; run tools/control-plane/build.sh",
+            path.display(),
+            self.bin.display()
+        );
+        path
+    }
+
+    /// Creates a CustomResourceDefinition from a file of the repository and waits until
+    /// the API server serves it (Established); returns its name.
+    pub fn install_crd(&self, file: &str) -> String {
+        let crd: CustomResourceDefinition = yaml(&Path::new(REPO).join(file));
+        let name = crd.metadata.name.clone().expect("a CRD has a name");
+        self.rt.block_on(async {
+            let crds: Api<CustomResourceDefinition> = Api::all(self.admin.clone());
+            crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("create CRD {file}: {e}"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let c = crds.get(&name).await.unwrap();
+                let conditions = c.status.and_then(|s| s.conditions).unwrap_or_default();
+                if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "CRD {name} not established in 30 s: {conditions:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        name
+    }
 }
 
 use serde::Deserialize;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver and etcd from Go modules (no prebuilt downloads) into
+# Builds kube-apiserver, kubectl and etcd from Go modules (no prebuilt downloads) into
 #   ${HOTPLUG_WATCHDOG_CACHE:-$HOME/.cache/hotplug-watchdog}/control-plane/<k8s>-<etcd>/
-# and prints that directory on its last stdout line. Idempotent: when both binaries
+# and prints that directory on its last stdout line. Idempotent: when all three binaries
 # are already there it builds nothing. Versions live in versions.env only.
 #
 #   build.sh          build (or reuse) the binaries, print the directory
@@ -21,6 +21,7 @@ GO="${GO:-go}"
 CACHE_ROOT="${HOTPLUG_WATCHDOG_CACHE:-$HOME/.cache/hotplug-watchdog}"
 OUT_DIR="$CACHE_ROOT/control-plane/${K8S_VERSION}-${ETCD_VERSION}"
 APISERVER="$OUT_DIR/kube-apiserver"
+KUBECTL="$OUT_DIR/kubectl"
 ETCD="$OUT_DIR/etcd"
 
 # k8s.io/kubernetes v1.Y.Z <-> staging modules v0.Y.Z
@@ -45,8 +46,8 @@ export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
 # --- fast path --------------------------------------------------------------------
-if [[ $PIN -eq 0 && -x "$APISERVER" && -x "$ETCD" ]]; then
-  log "cached: kube-apiserver $K8S_VERSION and etcd $ETCD_VERSION already built"
+if [[ $PIN -eq 0 && -x "$APISERVER" && -x "$KUBECTL" && -x "$ETCD" ]]; then
+  log "cached: kube-apiserver and kubectl $K8S_VERSION and etcd $ETCD_VERSION already built"
   echo "$OUT_DIR"
   exit 0
 fi
@@ -131,16 +132,24 @@ build() {
   log "built $out in $((SECONDS - start))s"
 }
 
+# Both report their version from k8s.io/component-base/version; stamp it, so that
+# `--version`, `/version` and `kubectl version` say the release instead of v0.0.0.
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+vpkg=k8s.io/component-base/version
+stamp="-X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
 if [[ ! -x "$APISERVER" ]]; then
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  vpkg=k8s.io/component-base/version
-  build "$HERE" k8s.io/kubernetes/cmd/kube-apiserver "$APISERVER" \
-    "-X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
+  build "$HERE" k8s.io/kubernetes/cmd/kube-apiserver "$APISERVER" "$stamp"
+fi
+# kubectl of the same release (same module, same build list): `apply -k` with its
+# built-in kustomize checks deploy/ against this API server.
+if [[ ! -x "$KUBECTL" ]]; then
+  build "$HERE" k8s.io/kubernetes/cmd/kubectl "$KUBECTL" "$stamp"
 fi
 if [[ ! -x "$ETCD" ]]; then
   build "$HERE/etcd" go.etcd.io/etcd/server/v3 "$ETCD"
 fi
 
 "$APISERVER" --version >&2
+"$KUBECTL" version --client >&2
 "$ETCD" --version | head -1 >&2
 echo "$OUT_DIR"

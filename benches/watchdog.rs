@@ -1,0 +1,1000 @@
+//! The benchmark (issue #7): detection latency, start-up, footprint, API load and an event
+//! storm, side by side with the polling checker people deploy today. A program, not a
+//! test: it prints figures and asserts nothing about time.
+//!
+//!   sudo scripts/bench                 # what BENCHMARKS.md reports: 5 runs, medians
+//!   cargo bench --bench watchdog -- --runs 1 --sizes 100 --idle 10   # a quick look
+//!
+//! Everything is real: loop devices made and removed through /dev/loop-control, a temp
+//! kubelet tree with the nodes virt-handler makes, the agent binary (release build) in
+//! cluster mode on a real kube-apiserver + etcd with one VMI, launcher pod and attachment
+//! pod per ten volumes. Root is required.
+//!
+//! Per size (hotplug volumes on the node), in order:
+//! 1. start-up: the agent's spawn to `/readyz` answering 200 (first full scan, watches in
+//!    sync); then the API requests it made to settle (conditions on every attachment pod);
+//! 2. idle: CPU time and context switches of all its threads, and its API requests, over
+//!    the idle window (default 60 s) with nothing happening;
+//! 3. detection: removals one after another; each is timed from `LOOP_CTL_REMOVE` returning
+//!    to (a) the `vanished` line reaching a `/watch` client and (b) the attachment pod's
+//!    `DevicesPresent` condition naming the device, seen through an API watch. The volume
+//!    is then put back with a new device and the next removal waits until it is ready;
+//! 4. peak RSS (VmHWM) after all that;
+//! 5. baseline: the agent stopped, benches/baseline/check-hotplug-devices.sh run every 1 s
+//!    and every 30 s as node-problem-detector runs a custom plugin (a new process each
+//!    period), both at once, while devices are removed at random moments; each removal is
+//!    timed to the end of the first plugin run that reports it. CPU and context switches
+//!    of every run (wait4) are summed over the window and given per 60 s;
+//! 6. storm (one size, default 1,000): a fresh agent with default buffers, then a burst of
+//!    device add/remove uevents from many threads (new devices added and removed, and
+//!    some of the volumes' devices removed); when the agent is quiet its `/scan` is compared
+//!    with a fresh `hotplug-watchdog scan` of the same node: mismatches are counted.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use hotplug_watchdog::device::DevNum;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, PostParams, WatchEvent, WatchParams};
+use serde_json::{json, Value};
+
+use support::control_plane::ControlPlane;
+use support::{agent_binary, KubeletTree, WatchStream};
+
+const VOLUMES_PER_VMI: usize = 10;
+const WAIT: Duration = Duration::from_secs(15);
+
+// ------------------------------------------------------------------ options
+
+struct Options {
+    runs: usize,
+    sizes: Vec<usize>,
+    removals: usize,
+    idle: Duration,
+    baseline_window: Duration,
+    storm_size: usize,
+    storm_events: usize,
+}
+
+impl Options {
+    fn parse() -> Self {
+        let mut o = Options {
+            runs: 1,
+            sizes: vec![100, 1000, 5000],
+            removals: 200,
+            idle: Duration::from_secs(60),
+            baseline_window: Duration::from_secs(90),
+            storm_size: 1000,
+            storm_events: 10_000,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+            let num = |s: String| s.parse::<usize>().unwrap_or_else(|_| usage(&format!("{s:?} is not a number")));
+            match a.as_str() {
+                "--runs" => o.runs = num(value()),
+                "--sizes" => o.sizes = value().split(',').map(|s| num(s.to_string())).collect(),
+                "--removals" => o.removals = num(value()),
+                "--idle" => o.idle = Duration::from_secs(num(value()) as u64),
+                "--baseline-window" => o.baseline_window = Duration::from_secs(num(value()) as u64),
+                "--storm-size" => o.storm_size = num(value()),
+                "--storm-events" => o.storm_events = num(value()),
+                // cargo bench passes --bench.
+                "--bench" => {}
+                _ => usage(&format!("unknown argument {a}")),
+            }
+        }
+        o
+    }
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!(
+        "{why}\nusage: watchdog [--runs N] [--sizes 100,1000,5000] [--removals 200] [--idle SECONDS] \
+         [--baseline-window SECONDS] [--storm-size N (0: none)] [--storm-events N]"
+    );
+    std::process::exit(2)
+}
+
+// ------------------------------------------------------------------ loop devices
+
+const LOOP_CTL_ADD: nix::libc::c_ulong = 0x4C80;
+const LOOP_CTL_REMOVE: nix::libc::c_ulong = 0x4C81;
+/// Loop numbers far above what the tests use; the kernel allows minors up to 2^20.
+static NEXT_LOOP: AtomicU32 = AtomicU32::new(800_000);
+
+fn loop_ioctl(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
+    let ctl = fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").expect("/dev/loop-control");
+    // SAFETY: a plain integer ioctl on a file we own.
+    nix::errno::Errno::result(unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request, index as nix::libc::c_ulong) })
+}
+
+/// A new loop device: its index (major 7, minor = index).
+fn loop_add() -> u32 {
+    loop {
+        let index = NEXT_LOOP.fetch_add(1, Ordering::SeqCst);
+        assert!(index < 1 << 20, "out of loop minors");
+        match loop_ioctl(LOOP_CTL_ADD, index) {
+            Ok(_) => return index,
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => panic!("LOOP_CTL_ADD {index}: {e}"),
+        }
+    }
+}
+
+fn loop_remove(index: u32) {
+    for _ in 0..500 {
+        match loop_ioctl(LOOP_CTL_REMOVE, index) {
+            Ok(_) | Err(nix::errno::Errno::ENODEV) => return,
+            // Something (blkid, udev) has it open for a moment.
+            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("LOOP_CTL_REMOVE {index}: {e}"),
+        }
+    }
+    panic!("LOOP_CTL_REMOVE {index}: still busy");
+}
+
+/// The kernel waits for an RCU grace period in every removal (~45 ms here), so removals
+/// of many devices go on many threads.
+fn parallel<T: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) + Sync) {
+    let queue = std::sync::Mutex::new(items);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let Some(item) = queue.lock().unwrap().pop() else { return };
+                f(item);
+            });
+        }
+    });
+}
+
+// ------------------------------------------------------------------ the node
+
+struct Vm {
+    launcher_uid: String,
+    attachment_uid: String,
+    attachment_name: String,
+}
+
+struct Volume {
+    vm: usize,
+    name: String,
+    loop_index: u32,
+    present: bool,
+}
+
+/// One size's node: its API objects, its kubelet tree and loop devices.
+struct Node {
+    name: String,
+    namespace: String,
+    tree: KubeletTree,
+    vms: Vec<Vm>,
+    volumes: Vec<Volume>,
+}
+
+impl Node {
+    fn build(cp: &ControlPlane, tag: &str, size: usize) -> Self {
+        let (name, namespace) = (format!("node-{tag}"), format!("vms-{tag}"));
+        let n_vms = size.div_ceil(VOLUMES_PER_VMI);
+        let vms = cp.rt.block_on(create_objects(cp, &namespace, &name, n_vms));
+        let tree = KubeletTree::new();
+        let volumes: Vec<Volume> = (0..size)
+            .map(|i| Volume { vm: i % n_vms, name: format!("disk-{}", i / n_vms), loop_index: 0, present: false })
+            .collect();
+        let mut indices: Vec<u32> = Vec::with_capacity(size);
+        for _ in 0..size {
+            indices.push(loop_add());
+        }
+        let mut node = Node { name, namespace, tree, vms, volumes };
+        for (vm, _) in node.vms.iter().enumerate() {
+            node.tree.launcher(&node.vms[vm].launcher_uid);
+            node.tree.attachment(&node.vms[vm].attachment_uid);
+        }
+        for (i, index) in indices.into_iter().enumerate() {
+            node.plug(i, index);
+        }
+        node
+    }
+
+    fn dev(index: u32) -> DevNum {
+        DevNum::new(7, index)
+    }
+
+    /// The attachment pod's PVC node and virt-handler's node in the launcher, for a device.
+    fn plug(&mut self, i: usize, index: u32) {
+        let v = &mut self.volumes[i];
+        let vm = &self.vms[v.vm];
+        self.tree.attach_block(&vm.attachment_uid, &v.name, Self::dev(index));
+        self.tree.launcher_block(&vm.launcher_uid, &v.name, Self::dev(index));
+        v.loop_index = index;
+        v.present = true;
+    }
+
+    /// Takes the volume's nodes away and hotplugs it again on a new device.
+    fn replug(&mut self, i: usize) {
+        let v = &self.volumes[i];
+        let vm = &self.vms[v.vm];
+        fs::remove_file(self.tree.hotplug_dir(&vm.launcher_uid).join(&v.name)).unwrap();
+        fs::remove_dir_all(self.tree.hotplug_dir(&vm.attachment_uid).join(&v.name)).unwrap();
+        self.plug(i, loop_add());
+    }
+
+    fn launcher_node(&self, i: usize) -> PathBuf {
+        let v = &self.volumes[i];
+        self.tree.hotplug_dir(&self.vms[v.vm].launcher_uid).join(&v.name)
+    }
+
+    fn remove_all_devices(&mut self) {
+        let present: Vec<u32> = self
+            .volumes
+            .iter_mut()
+            .filter(|v| v.present)
+            .map(|v| {
+                v.present = false;
+                v.loop_index
+            })
+            .collect();
+        parallel(present, 64, loop_remove);
+    }
+}
+
+async fn create_objects(cp: &ControlPlane, ns: &str, node: &str, n_vms: usize) -> Vec<Vm> {
+    let pp = PostParams::default();
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin.clone());
+    nss.create(&pp, &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+    let vmis: Api<DynamicObject> =
+        Api::namespaced_with(cp.admin.clone(), ns, &hotplug_watchdog::cluster::vmi_resource());
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), ns);
+    let one = |i: usize| {
+        let (vmis, pods, pp) = (vmis.clone(), pods.clone(), pp.clone());
+        async move {
+            let vm = format!("vm-{i}");
+            let volumes: Vec<Value> = (0..VOLUMES_PER_VMI)
+                .map(|j| json!({"name": format!("disk-{j}"), "persistentVolumeClaim": {"claimName": format!("pvc-{vm}-{j}")}}))
+                .collect();
+            let vmi: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                "metadata": {"name": vm, "labels": {"kubevirt.io/nodeName": node}},
+                "spec": {"domain": {"devices": {}}, "volumes": volumes}
+            }))
+            .unwrap();
+            let vmi_uid = vmis.create(&pp, &vmi).await.unwrap().metadata.uid.unwrap();
+            let launcher_name = format!("virt-launcher-{vm}");
+            let launcher: Pod = serde_json::from_value(json!({
+                "metadata": {"name": launcher_name,
+                    "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": vmi_uid},
+                    "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": vm, "uid": vmi_uid, "controller": true}]},
+                "spec": {"nodeName": node, "containers": [{"name": "compute", "image": "virt-launcher"}]}
+            }))
+            .unwrap();
+            let launcher_uid = pods.create(&pp, &launcher).await.unwrap().metadata.uid.unwrap();
+            let attachment_name = format!("hp-volume-{vm}");
+            let attachment: Pod = serde_json::from_value(json!({
+                "metadata": {"name": attachment_name, "labels": {"kubevirt.io": "hotplug-disk"},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": launcher_name, "uid": launcher_uid, "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"nodeName": node, "containers": [{"name": "hotplug-disk", "image": "virt-launcher"}]}
+            }))
+            .unwrap();
+            let attachment_uid = pods.create(&pp, &attachment).await.unwrap().metadata.uid.unwrap();
+            Vm { launcher_uid, attachment_uid, attachment_name }
+        }
+    };
+    futures::stream::iter(0..n_vms).map(one).buffered(16).collect().await
+}
+
+// ------------------------------------------------------------------ the agent
+
+struct AgentProcess {
+    child: Child,
+    port: u16,
+    _log: tempfile::NamedTempFile,
+}
+
+impl AgentProcess {
+    /// Cluster mode with default flags (logs at info, as deployed); returns it once
+    /// `/readyz` answers 200, with the time that took from spawn.
+    fn start(cp: &ControlPlane, node: &Node) -> (Self, Duration) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let started = Instant::now();
+        let child = Command::new(agent_binary())
+            .env_remove("NODE_NAME")
+            .env_remove("HOTPLUG_WATCHDOG_LOG_LEVEL")
+            .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--node-name", &node.name, "--kubeconfig"])
+            .arg(cp.agent_kubeconfig(&node.name))
+            .arg("--kubelet-root")
+            .arg(&node.tree.root)
+            .args(["--mountinfo", "/proc/self/mountinfo"])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start the agent");
+        let mut agent = AgentProcess { child, port, _log: log };
+        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited: {status}; log:\n{}", fs::read_to_string(agent._log.path()).unwrap_or_default());
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "agent not ready in 300 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let took = started.elapsed();
+        (agent, took)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics").expect("GET /metrics").1
+    }
+
+    /// CPU time and context switches of every thread, from /proc.
+    fn usage(&self) -> Usage {
+        let mut u = Usage::default();
+        for task in fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap().flatten() {
+            let p = task.path();
+            if let Ok(s) = fs::read_to_string(p.join("schedstat")) {
+                u.cpu += Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap());
+            }
+            if let Ok(s) = fs::read_to_string(p.join("status")) {
+                u.switches +=
+                    status_field(&s, "voluntary_ctxt_switches:") + status_field(&s, "nonvoluntary_ctxt_switches:");
+            }
+        }
+        u
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status_field(&s, "VmHWM:") as f64 / 1024.0
+    }
+
+    fn stop(mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu: Duration,
+    switches: u64,
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
+/// The sum of every series of a metric family.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn api_requests(agent: &AgentProcess) -> (f64, f64) {
+    let m = agent.metrics();
+    let all = metric_sum(&m, "hotplug_watchdog_api_requests_total");
+    let writes = ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| support::metric(&m, &format!("hotplug_watchdog_api_requests_total{{verb=\"{v}\"}}")))
+        .sum();
+    (all, writes)
+}
+
+/// Waits until the agent's API request count stops moving for two seconds.
+fn settle_api(agent: &AgentProcess) {
+    let mut last = api_requests(agent).0;
+    let mut still_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while still_since.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = api_requests(agent).0;
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+}
+
+// ------------------------------------------------------------------ what clients see
+
+/// The kernel's `remove` uevents of loop devices, by index, stamped on arrival: when the
+/// kernel announced the removal (it does so inside `LOOP_CTL_REMOVE`, before the ioctl
+/// returns), read the same way the agent reads it.
+fn kernel_removals() -> Receiver<(Instant, u32)> {
+    use nix::sys::socket::{
+        bind, recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    };
+    let fd =
+        socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkKObjectUEvent)
+            .expect("uevent socket");
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &(16 << 20));
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1)).expect("bind the uevent socket");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else { continue };
+            let at = Instant::now();
+            let fields: Vec<&[u8]> = buf[..n].split(|b| *b == 0).collect();
+            let field = |k: &str| fields.iter().find_map(|f| f.strip_prefix(k.as_bytes()));
+            if field("ACTION=") != Some(b"remove") || field("SUBSYSTEM=") != Some(b"block") {
+                continue;
+            }
+            let index =
+                field("DEVNAME=").and_then(|d| std::str::from_utf8(d.strip_prefix(b"loop")?).ok()?.parse().ok());
+            if let Some(index) = index {
+                if tx.send((at, index)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// `/watch` lines, stamped when they arrive.
+fn watch_lines(port: u16) -> Receiver<(Instant, Value)> {
+    let (tx, rx) = channel();
+    let mut stream = WatchStream::connect(port);
+    std::thread::spawn(move || {
+        while let Some(line) = stream.next(Duration::from_secs(3600)) {
+            if tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The `DevicesPresent` condition of attachment pods, as an API watch delivers it: (pod,
+/// status, message), stamped on arrival.
+fn condition_updates(cp: &ControlPlane, namespace: &str) -> Receiver<(Instant, (String, String, String))> {
+    let (tx, rx) = channel();
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), namespace);
+    cp.rt.spawn(async move {
+        let wp = WatchParams::default().labels("kubevirt.io=hotplug-disk");
+        let mut version = "0".to_string();
+        loop {
+            let Ok(stream) = pods.watch(&wp, &version).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut stream = stream.boxed();
+            while let Ok(Some(ev)) = stream.try_next().await {
+                let pod = match ev {
+                    WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
+                    WatchEvent::Bookmark(b) => {
+                        version = b.metadata.resource_version;
+                        continue;
+                    }
+                    WatchEvent::Deleted(_) => continue,
+                    WatchEvent::Error(_) => {
+                        version = "0".into();
+                        break;
+                    }
+                };
+                let at = Instant::now();
+                version = pod.metadata.resource_version.clone().unwrap_or_default();
+                let conds = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+                if let Some(c) = conds.into_iter().find(|c| c.type_ == "hotplug-watchdog.io/DevicesPresent") {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    if tx.send((at, (name, c.status, c.message.unwrap_or_default()))).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Takes items until one matches; its arrival time, or `None` after `WAIT`.
+fn wait_for<T>(rx: &Receiver<(Instant, T)>, matches: impl Fn(&T) -> bool) -> Option<Instant> {
+    let deadline = Instant::now() + WAIT;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((at, item)) if matches(&item) => return Some(at),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+// ------------------------------------------------------------------ figures
+
+/// Milliseconds, signed: a line can arrive before the ioctl returns (see `since`).
+fn ms(later: Instant, earlier: Instant) -> f64 {
+    if later >= earlier {
+        later.duration_since(earlier).as_secs_f64() * 1e3
+    } else {
+        -(earlier.duration_since(later).as_secs_f64() * 1e3)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50, p99, max.
+fn summary(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    [percentile(&v, 50.0), percentile(&v, 99.0), v.last().copied().unwrap_or(f64::NAN)]
+}
+
+/// One run's figures: (row, column) -> value.
+#[derive(Default)]
+struct Figures(BTreeMap<(String, String), f64>);
+
+impl Figures {
+    fn put(&mut self, row: &str, col: &str, value: f64) {
+        self.0.insert((row.to_string(), col.to_string()), value);
+    }
+
+    fn put3(&mut self, row: &str, col: &str, s: [f64; 3]) {
+        for (name, v) in ["p50", "p99", "max"].iter().zip(s) {
+            self.put(&format!("{row} {name}"), col, v);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ phases
+
+fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mut Figures) {
+    let col = size.to_string();
+    let tag = format!("r{run}-{size}");
+    eprintln!("[{tag}] building the node: {size} volumes, {} VMIs", size.div_ceil(VOLUMES_PER_VMI));
+    let mut node = Node::build(cp, &tag, size);
+
+    // 1. Start-up.
+    let (agent, startup) = AgentProcess::start(cp, &node);
+    figs.put("start-up to /readyz (ms)", &col, startup.as_secs_f64() * 1e3);
+    let (requests, _) = api_requests(&agent);
+    settle_api(&agent);
+    let (settled, _) = api_requests(&agent);
+    figs.put("API requests to start (at ready / settled)", &col, settled);
+    eprintln!("[{tag}] ready in {startup:?}; {requests} API requests at ready, {settled} once settled");
+
+    // 2. Idle.
+    let (req0, writes0) = api_requests(&agent);
+    let u0 = agent.usage();
+    std::thread::sleep(o.idle);
+    let u1 = agent.usage();
+    let (req1, writes1) = api_requests(&agent);
+    let per60 = 60.0 / o.idle.as_secs_f64();
+    figs.put("idle: CPU ms per 60 s", &col, (u1.cpu - u0.cpu).as_secs_f64() * 1e3 * per60);
+    figs.put("idle: context switches per 60 s", &col, (u1.switches - u0.switches) as f64 * per60);
+    figs.put("idle: API requests per 60 s", &col, (req1 - req0) * per60);
+    figs.put("idle: API writes per 60 s", &col, (writes1 - writes0) * per60);
+
+    // 3. Detection, one removal at a time.
+    let lines = watch_lines(agent.port);
+    let kernel = kernel_removals();
+    let conditions = condition_updates(cp, &node.namespace);
+    let transitions0 = metric_sum(&agent.metrics(), "hotplug_watchdog_volume_transitions_total");
+    let (mut to_watch, mut to_watch_from_call, mut to_condition, mut missed) = (vec![], vec![], vec![], 0);
+    let mut from_uevent = vec![];
+    for k in 0..o.removals {
+        // Each attachment pod takes one condition write a second; removals far enough apart
+        // that a pod's next one does not wait for that limit (see BENCHMARKS.md).
+        let paced =
+            Instant::now() + Duration::from_millis(1200).div_f64(node.vms.len() as f64).max(Duration::from_millis(20));
+        let i = k % node.volumes.len();
+        let (launcher, attachment) = {
+            let vm = &node.vms[node.volumes[i].vm];
+            (vm.launcher_uid.clone(), vm.attachment_name.clone())
+        };
+        let (name, index) = (node.volumes[i].name.clone(), node.volumes[i].loop_index);
+        let device = format!("{name} (7:{index})");
+        let called = Instant::now();
+        loop_remove(index);
+        let returned = Instant::now();
+        let announced = wait_for(&kernel, |i| *i == index);
+        let seen = wait_for(&lines, |l| l["pod_uid"] == *launcher && l["volume"] == *name && l["to"] == "vanished");
+        let written = wait_for(&conditions, |(pod, status, message)| {
+            *pod == attachment && status == "False" && message.contains(&device)
+        });
+        match (seen, written) {
+            (Some(seen), Some(written)) => {
+                to_watch.push(ms(seen, returned));
+                to_watch_from_call.push(ms(seen, called));
+                to_condition.push(ms(written, returned));
+                if let Some(announced) = announced {
+                    from_uevent.push(ms(seen, announced));
+                }
+            }
+            _ => {
+                missed += 1;
+                eprintln!("[{tag}] removal {k} ({device}): /watch {seen:?}, condition {written:?}");
+            }
+        }
+        node.replug(i);
+        let name = name.clone();
+        if wait_for(&lines, |l| l["pod_uid"] == *launcher && l["volume"] == *name && l["to"] == "ready").is_none() {
+            eprintln!("[{tag}] {name} of {launcher} not ready again");
+        }
+        std::thread::sleep(paced.saturating_duration_since(Instant::now()));
+    }
+    let (req2, writes2) = api_requests(&agent);
+    settle_api(&agent);
+    let (req3, writes3) = api_requests(&agent);
+    let transitions = metric_sum(&agent.metrics(), "hotplug_watchdog_volume_transitions_total") - transitions0;
+    eprintln!("[{tag}] {} removals timed, {missed} missed; {transitions} transitions", to_watch.len());
+    figs.put3("agent: removal -> /watch (ms)", &col, summary(to_watch));
+    figs.put3("agent: ioctl call -> /watch (ms)", &col, summary(to_watch_from_call));
+    figs.put3("agent: kernel remove uevent -> /watch (ms)", &col, summary(from_uevent));
+    figs.put3("agent: removal -> pod condition in API (ms)", &col, summary(to_condition));
+    figs.put("agent: removals not seen within 15 s", &col, missed as f64);
+    figs.put("API requests per transition", &col, (req3 - req1) / transitions);
+    figs.put("API writes per transition", &col, (writes3 - writes1) / transitions);
+    let _ = (req2, writes2);
+
+    // 4. Footprint.
+    figs.put("peak RSS (MiB)", &col, agent.peak_rss_mib());
+    agent.stop();
+
+    // 5. The baseline.
+    baseline(&mut node, o, &tag, &col, figs);
+
+    // 6. The storm.
+    if size == o.storm_size {
+        storm(cp, &mut node, o, &tag, figs);
+    }
+    node.remove_all_devices();
+}
+
+/// A volume whose device the baseline phase removed: which, when, and when each checker
+/// reported it (by period).
+type Removed = (usize, Instant, BTreeMap<u64, Instant>);
+
+/// What a polling checker run reported: when it ended and the missing devices it named.
+struct CheckerRun {
+    period: u64,
+    ended: Instant,
+    missing: BTreeSet<(PathBuf, String)>,
+}
+
+fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figures) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/baseline/check-hotplug-devices.sh");
+    let (tx, runs) = channel::<CheckerRun>();
+    let start = Instant::now();
+    let end = start + o.baseline_window;
+    let periods = [1u64, 30];
+    let checkers: Vec<_> = periods
+        .iter()
+        .map(|&period| {
+            let (tx, script, root) = (tx.clone(), script.clone(), node.tree.root.clone());
+            std::thread::spawn(move || run_checker(&script, &root, period, end, tx))
+        })
+        .collect();
+    drop(tx);
+
+    // Removals at random moments over the first part of the window, so that every one has
+    // at least a full 30 s period plus a run left to be seen.
+    let span = o.baseline_window.saturating_sub(Duration::from_secs(35));
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut at: Vec<Duration> = (0..o.removals)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            span.mul_f64((rng % 1_000_000) as f64 / 1e6)
+        })
+        .collect();
+    at.sort();
+    // Removed volumes: (path, device) -> (volume, removed at, seen by period).
+    let mut out: BTreeMap<(PathBuf, String), Removed> = BTreeMap::new();
+    let mut latencies: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    let mut next = 0;
+    let mut cursor = 0;
+    loop {
+        let now = Instant::now();
+        if next < at.len() && now >= start + at[next] {
+            // The next present volume, round robin.
+            let n = node.volumes.len();
+            if let Some(i) = (0..n).map(|d| (cursor + d) % n).find(|&i| node.volumes[i].present) {
+                cursor = i + 1;
+                let key = (node.launcher_node(i), format!("7:{}", node.volumes[i].loop_index));
+                loop_remove(node.volumes[i].loop_index);
+                node.volumes[i].present = false;
+                out.insert(key, (i, Instant::now(), BTreeMap::new()));
+                next += 1;
+            }
+        }
+        match runs.recv_timeout(Duration::from_millis(5)) {
+            Ok(run) => {
+                for key in &run.missing {
+                    if let Some((_, removed, seen)) = out.get_mut(key) {
+                        if run.ended > *removed && !seen.contains_key(&run.period) {
+                            seen.insert(run.period, run.ended);
+                            latencies.entry(run.period).or_default().push(ms(run.ended, *removed));
+                        }
+                    }
+                }
+                // Seen by every checker: hotplug it again on a new device.
+                let done: Vec<_> = out
+                    .iter()
+                    .filter(|(_, (_, _, seen))| seen.len() == periods.len())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in done {
+                    let (i, _, _) = out.remove(&k).unwrap();
+                    node.replug(i);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for (period, checker) in periods.iter().zip(checkers) {
+        let (usage, invocations) = checker.join().unwrap();
+        let per60 = 60.0 / o.baseline_window.as_secs_f64();
+        let row = format!("baseline {period} s");
+        let lat = latencies.remove(period).unwrap_or_default();
+        eprintln!("[{tag}] baseline every {period} s: {} removals seen, {invocations} runs", lat.len());
+        figs.put(&format!("{row}: removals not seen"), col, (o.removals - lat.len()) as f64);
+        figs.put3(&format!("{row}: removal -> plugin result (ms)"), col, summary(lat));
+        figs.put(&format!("{row}: CPU ms per 60 s"), col, usage.cpu.as_secs_f64() * 1e3 * per60);
+        figs.put(&format!("{row}: context switches per 60 s"), col, usage.switches as f64 * per60);
+    }
+    // Whatever is still out comes back, for the storm and the tear-down.
+    for (_, (i, _, _)) in std::mem::take(&mut out) {
+        node.replug(i);
+    }
+}
+
+/// Runs the plugin every `period` seconds until `end`, as node-problem-detector does; each
+/// run's CPU time and context switches (its own and its children's) come from wait4.
+fn run_checker(
+    script: &Path,
+    root: &Path,
+    period: u64,
+    end: Instant,
+    tx: std::sync::mpsc::Sender<CheckerRun>,
+) -> (Usage, u64) {
+    let mut usage = Usage::default();
+    let mut invocations = 0;
+    let mut next = Instant::now();
+    while next < end {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += Duration::from_secs(period);
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below
+        let mut child = Command::new(script).arg(root).stdout(Stdio::piped()).spawn().expect("run the plugin");
+        let mut missing = BTreeSet::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("missing ") {
+                if let Some((path, dev)) = rest.rsplit_once(' ') {
+                    missing.insert((PathBuf::from(path), dev.to_string()));
+                }
+            }
+        }
+        // Reaped by wait4, for its resource usage, rather than by Child::wait.
+        let mut status = 0;
+        // SAFETY: wait4 fills the rusage struct we pass; the pid is our child's.
+        let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        assert_eq!(r, child.id() as i32, "wait4");
+        drop(child);
+        let ended = Instant::now();
+        invocations += 1;
+        let tv = |t: nix::libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+        usage.cpu += tv(ru.ru_utime) + tv(ru.ru_stime);
+        usage.switches += (ru.ru_nvcsw + ru.ru_nivcsw) as u64;
+        if tx.send(CheckerRun { period, ended, missing }).is_err() {
+            break;
+        }
+    }
+    (usage, invocations)
+}
+
+fn storm(cp: &ControlPlane, node: &mut Node, o: &Options, tag: &str, figs: &mut Figures) {
+    let col = "storm";
+    let (agent, _) = AgentProcess::start(cp, node);
+    settle_api(&agent);
+    let m0 = agent.metrics();
+    // A tenth of the events remove volumes' devices (vanished), a tenth add devices that
+    // stay; the rest add and remove new devices.
+    let vanish = (o.storm_events / 10).min(node.volumes.len() / 2);
+    let stay = o.storm_events / 10;
+    let churn = (o.storm_events - vanish - stay) / 2;
+    let victims: Vec<u32> = node
+        .volumes
+        .iter_mut()
+        .take(vanish)
+        .map(|v| {
+            v.present = false;
+            v.loop_index
+        })
+        .collect();
+    eprintln!("[{tag}] storm: {churn} devices added and removed, {stay} added, {vanish} volumes' devices removed");
+    let started = Instant::now();
+    let added = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| parallel(victims, 16, loop_remove));
+        s.spawn(|| {
+            for _ in 0..stay {
+                added.lock().unwrap().push(loop_add());
+            }
+        });
+        s.spawn(|| parallel((0..churn).collect(), 48, |_| loop_remove(loop_add())));
+    });
+    let burst = started.elapsed();
+    // Quiet: no new uevent for two seconds.
+    let uevents = |m: &str| support::metric(m, "hotplug_watchdog_source_events_total{source=\"uevent\"}");
+    let mut last = uevents(&agent.metrics());
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = uevents(&agent.metrics());
+        if now != last {
+            (last, still) = (now, Instant::now());
+        }
+    }
+    let m1 = agent.metrics();
+    let agent_report: Value = serde_json::from_str(&http_get(agent.port, "/scan").unwrap().1).unwrap();
+    let out = Command::new(agent_binary())
+        .args(["scan", "--format", "json", "--kmsg", "off", "--mountinfo", "/proc/self/mountinfo", "--kubelet-root"])
+        .arg(&node.tree.root)
+        .env_remove("HOTPLUG_WATCHDOG_KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scan: {}", String::from_utf8_lossy(&out.stderr));
+    let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mismatches = compare(&agent_report, &fresh);
+    let rescans = |m: &str, r: &str| support::metric(m, &format!("hotplug_watchdog_rescans_total{{reason=\"{r}\"}}"));
+    figs.put("storm: device uevents in the burst", col, (2 * churn + stay + vanish) as f64);
+    figs.put("storm: burst duration (ms)", col, burst.as_secs_f64() * 1e3);
+    figs.put("storm: uevents the agent received", col, uevents(&m1) - uevents(&m0));
+    figs.put(
+        "storm: rescans after a uevent overflow",
+        col,
+        rescans(&m1, "uevent_overflow") - rescans(&m0, "uevent_overflow"),
+    );
+    figs.put("storm: vanished volumes (expected / seen)", col, vanish as f64);
+    let vanished = agent_report["volumes"].as_array().unwrap().iter().filter(|v| v["state"] == "vanished").count();
+    figs.put("storm: vanished volumes seen by the agent", col, vanished as f64);
+    figs.put("storm: verdicts differing from a fresh scan", col, mismatches as f64);
+    eprintln!("[{tag}] storm: burst {burst:?}, {vanished} vanished, {mismatches} mismatches");
+    agent.stop();
+    parallel(added.into_inner().unwrap(), 16, loop_remove);
+}
+
+fn differ<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+    a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).count() + b.keys().filter(|k| !a.contains_key(*k)).count()
+}
+
+/// Differences in volume states/devices and attachment-pod handoff safety.
+fn compare(agent: &Value, fresh: &Value) -> usize {
+    let volumes = |r: &Value| -> BTreeMap<(String, String), (Value, Value)> {
+        r["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| ((v["pod_uid"].to_string(), v["volume"].to_string()), (v["state"].clone(), v["device"].clone())))
+            .collect()
+    };
+    let pods = |r: &Value| -> BTreeMap<String, Value> {
+        r["attachment_pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["pod_uid"].to_string(), p["handoff_safe"].clone()))
+            .collect()
+    };
+    let (va, vf) = (volumes(agent), volumes(fresh));
+    for (k, v) in &va {
+        if vf.get(k) != Some(v) {
+            eprintln!("  mismatch {k:?}: agent {v:?}, fresh scan {:?}", vf.get(k));
+        }
+    }
+    differ(&va, &vf) + differ(&pods(agent), &pods(fresh))
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() {
+    let o = Options::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the benchmark needs root: loop devices, device nodes");
+        std::process::exit(1);
+    }
+    print_machine();
+    let cp = ControlPlane::start();
+    let mut runs: Vec<Figures> = Vec::new();
+    for run in 1..=o.runs {
+        let mut figs = Figures::default();
+        for &size in &o.sizes {
+            bench_size(&cp, &o, run, size, &mut figs);
+        }
+        print_table(&format!("run {run} of {}", o.runs), &figs, &o);
+        runs.push(figs);
+    }
+    if runs.len() > 1 {
+        let mut median = Figures::default();
+        for key in runs[0].0.keys() {
+            let mut v: Vec<f64> = runs.iter().filter_map(|f| f.0.get(key).copied()).collect();
+            v.sort_by(f64::total_cmp);
+            median.0.insert(key.clone(), v[v.len() / 2]);
+        }
+        print_table(&format!("median of {} runs", runs.len()), &median, &o);
+    }
+}
+
+fn print_machine() {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let mem = status_field(&fs::read_to_string("/proc/meminfo").unwrap_or_default(), "MemTotal:") / 1024 / 1024;
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "machine: {} cpus ({cpu}), {mem} GiB, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    );
+}
+
+fn print_table(title: &str, figs: &Figures, o: &Options) {
+    let mut cols: Vec<String> = o.sizes.iter().map(|s| s.to_string()).collect();
+    if figs.0.keys().any(|(_, c)| c == "storm") {
+        cols.push("storm".into());
+    }
+    let rows: BTreeSet<&String> = figs.0.keys().map(|(r, _)| r).collect();
+    let mut out = String::new();
+    out += &format!("\n{title}\n{:<52}", "volumes on the node");
+    for c in &cols {
+        out += &format!("{c:>12}");
+    }
+    out += "\n";
+    for row in rows {
+        out += &format!("{row:<52}");
+        for c in &cols {
+            match figs.0.get(&(row.clone(), c.clone())) {
+                Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => out += &format!("{v:>12.0}"),
+                Some(v) => out += &format!("{v:>12.2}"),
+                None => out += &format!("{:>12}", "-"),
+            }
+        }
+        out += "\n";
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
