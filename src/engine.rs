@@ -30,7 +30,7 @@ pub struct Engine {
     health: Arc<Health>,
     rescan_interval: Duration,
     inventory: Inventory,
-    verdicts: Verdicts,
+    verdicts: Arc<Verdicts>,
     /// Entries passed over, by path: replaced per pod on each read, wholly on a rescan,
     /// so that a bad entry is logged once, not at every rescan.
     skipped: BTreeMap<PathBuf, SkipReason>,
@@ -63,7 +63,7 @@ impl Engine {
             health,
             rescan_interval,
             inventory: Inventory::default(),
-            verdicts: Verdicts::default(),
+            verdicts: Arc::default(),
             skipped: BTreeMap::new(),
             skipped_changed: false,
             pending_since: HashMap::new(),
@@ -246,21 +246,22 @@ impl Engine {
 
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
-        let new = judge(&self.inventory);
+        let new = Arc::new(judge(&self.inventory));
         // Learn which disk each volume's node reaches (ready, or unbacked: the VM uses it
         // all the same), to tell when its number gets reused.
-        let ready = new.volumes.iter().filter(|(_, v)| v.state.device_present());
-        let ready: Vec<_> =
-            ready.filter_map(|(k, v)| Some(((k.launcher.clone(), k.volume.clone()), v.device?))).collect();
-        let all = new.volumes.keys().map(|k| (k.launcher.clone(), k.volume.clone())).collect();
-        self.inventory.remember_ready(ready, &all);
+        let in_use = new.volumes.iter().filter(|(_, v)| v.state.device_present());
+        self.inventory
+            .learn_disks(in_use.filter_map(|(k, v)| Some((k.launcher.as_str(), k.volume.as_str(), v.device?))));
         if new == self.verdicts {
             return;
         }
         let changes = transitions(&self.verdicts, &new);
+        let gone = changes.volumes.iter().filter(|t| t.to.is_none());
+        self.inventory.forget_disks(gone.map(|t| (t.key.launcher.as_str(), t.key.volume.as_str())));
+        // One copy of the verdicts, shared by readers and the cluster side.
         self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
         if let Some(status) = &self.status {
-            let _ = status.send(Arc::new(new.clone()));
+            let _ = status.send(new.clone());
         }
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, &new, latency);

@@ -68,7 +68,9 @@ pub struct Inventory {
     devices: BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>,
     /// The disk each volume's node reached when first seen present: learned, so lost on restart
     /// (then learned again), and the one fact here that no read can rebuild.
-    remembered: BTreeMap<VolumeKeyRef, (DevNum, DiskId)>,
+    /// By launcher pod, then volume: looked up for every volume on every batch, without
+    /// building a key.
+    remembered: BTreeMap<PodUid, BTreeMap<String, (DevNum, DiskId)>>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),
     cluster: ClusterFacts,
     /// `Seq` of the latest full scan applied; 0 before the first.
@@ -141,24 +143,28 @@ impl Inventory {
 
     /// The disk a volume had when first seen ready, if it still uses that device number.
     pub fn remembered(&self, launcher: &str, volume: &str, dev: DevNum) -> Option<&DiskId> {
-        let key = (launcher.to_string(), volume.to_string());
-        self.remembered.get(&key).filter(|(d, _)| *d == dev).map(|(_, id)| id)
+        self.remembered.get(launcher)?.get(volume).filter(|(d, _)| *d == dev).map(|(_, id)| id)
     }
 
-    /// Learns, for each volume `ready` now, which disk it has, unless it is known already
-    /// for that device number; forgets volumes that are gone.
-    pub fn remember_ready(
-        &mut self,
-        ready: impl IntoIterator<Item = (VolumeKeyRef, DevNum)>,
-        all: &BTreeSet<VolumeKeyRef>,
-    ) {
-        self.remembered.retain(|k, _| all.contains(k));
-        for (key, dev) in ready {
+    /// Learns, for each volume whose device the VM uses now (launcher, volume, device),
+    /// which disk it has, unless it is known already for that device number.
+    pub fn learn_disks<'a>(&mut self, in_use: impl IntoIterator<Item = (&'a str, &'a str, DevNum)>) {
+        for (launcher, volume, dev) in in_use {
+            if self.remembered(launcher, volume, dev).is_some() {
+                continue;
+            }
             let Some(id) = self.identity(dev).cloned() else { continue };
-            match self.remembered.get(&key) {
-                Some((d, _)) if *d == dev => {}
-                _ => {
-                    self.remembered.insert(key, (dev, id));
+            self.remembered.entry(launcher.to_string()).or_default().insert(volume.to_string(), (dev, id));
+        }
+    }
+
+    /// Forgets the disks of volumes that are gone.
+    pub fn forget_disks<'a>(&mut self, gone: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        for (launcher, volume) in gone {
+            if let Some(volumes) = self.remembered.get_mut(launcher) {
+                volumes.remove(volume);
+                if volumes.is_empty() {
+                    self.remembered.remove(launcher);
                 }
             }
         }
@@ -191,9 +197,6 @@ impl Inventory {
         self.cluster.spec_volumes.get(launcher).map(|vols| vols.contains(volume))
     }
 }
-
-/// (launcher pod UID, volume name)
-pub type VolumeKeyRef = (PodUid, String);
 
 fn lww<K: Ord, V>(map: &mut BTreeMap<K, (Seq, V)>, key: K, seq: Seq, value: V) {
     match map.get(&key) {

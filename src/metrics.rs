@@ -86,7 +86,7 @@ pub struct SourceLabel {
 /// What the engine publishes for readers (metrics scrapes, `/scan`).
 #[derive(Debug, Default)]
 pub struct Published {
-    pub verdicts: Verdicts,
+    pub verdicts: Arc<Verdicts>,
     pub names: BTreeMap<PodUid, PodNames>,
     pub skipped: Vec<crate::layout::Skipped>,
     /// Kernel I/O errors counted per volume since the agent started.

@@ -52,6 +52,8 @@ pub struct AttachmentPodReport {
     pub pod_uid: PodUid,
     pub volumes: Vec<String>,
     pub handoff_safe: bool,
+    /// A newer attachment pod of the same launcher is meant to replace this one.
+    pub superseded: bool,
     /// The launcher pod it serves, when known.
     pub launcher_pod_uid: Option<PodUid>,
     /// `<launcher>/<volume>` whose device only this pod serves.
@@ -105,6 +107,7 @@ impl Report {
                     pod_uid: uid.clone(),
                     volumes: a.volumes.iter().cloned().collect(),
                     handoff_safe: a.handoff_safe(),
+                    superseded: a.superseded,
                     launcher_pod_uid: a.launcher.clone(),
                     sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
                     namespace: n.namespace,

@@ -192,8 +192,30 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         }
     }
 
+    // Indexes over the volumes, built once, so that judging stays linear in the size of the
+    // node (thousands of volumes are re-judged on every batch of events).
+    // Attachment pod -> the volumes it backs, and -> the first launcher (in volume order)
+    // that uses one of its devices.
+    let mut backs: BTreeMap<&PodUid, Vec<(&VolumeKey, &VolumeVerdict)>> = BTreeMap::new();
+    let mut first_user: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
+    for (key, v) in &verdicts.volumes {
+        for pod in &v.backing_pods {
+            backs.entry(pod).or_default().push((key, v));
+        }
+        for pod in v.device.and_then(|d| served.by_device.get(&d)).into_iter().flatten() {
+            first_user.entry(pod).or_insert(&key.launcher);
+        }
+    }
+    // Attachment pod -> what its PVC mounts under its own directory point at.
+    let mut pod_mounts: BTreeMap<&PodUid, Vec<(&String, DevNum)>> = BTreeMap::new();
+    for (site, dev) in inv.mounts() {
+        if let MountSite::PodVolume { pod, path } = site {
+            pod_mounts.entry(pod).or_default().push((path, *dev));
+        }
+    }
+
     let owners: BTreeMap<&PodUid, Option<PodUid>> =
-        served.block_volumes.keys().map(|&pod| (pod, owner(inv, pod, &served, &verdicts, &launchers))).collect();
+        served.block_volumes.keys().map(|&pod| (pod, owner(inv, pod, &first_user, &launchers))).collect();
     // Where cluster mode knows the pods' ages, the newest attachment pod of each launcher
     // is the one KubeVirt keeps ("current"); it deletes all others at once.
     let mut newest: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
@@ -205,6 +227,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
             }
         }
     }
+    let mut attachment_pods = BTreeMap::new();
     for (&pod, block_volumes) in &served.block_volumes {
         let launcher = owners[pod].clone();
         // Who can take over from this pod: for an old pod, only the current one (two old
@@ -219,12 +242,8 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         };
         let mut devices: BTreeMap<String, (DevNum, bool)> =
             block_volumes.iter().map(|(v, d)| (v.clone(), (*d, inv.device_present(*d)))).collect();
-        for (site, dev) in inv.mounts() {
-            if let MountSite::PodVolume { pod: p, path } = site {
-                if p == pod {
-                    devices.insert(path.clone(), (*dev, inv.device_present(*dev)));
-                }
-            }
+        for (path, dev) in pod_mounts.get(pod).into_iter().flatten() {
+            devices.insert((*path).clone(), (*dev, inv.device_present(*dev)));
         }
         let mut att = AttachmentVerdict {
             volumes: block_volumes.keys().cloned().collect(),
@@ -233,16 +252,15 @@ pub fn judge(inv: &Inventory) -> Verdicts {
             superseded,
             devices,
         };
-        for (key, v) in &verdicts.volumes {
-            if v.backing_pods.contains(pod) {
-                att.volumes.insert(key.volume.clone());
-                if !v.backing_pods.iter().any(|b| b != pod && takes_over(b)) {
-                    att.sole_backer_of.insert(key.clone());
-                }
+        for (key, v) in backs.get(pod).into_iter().flatten() {
+            att.volumes.insert(key.volume.clone());
+            if !v.backing_pods.iter().any(|b| b != pod && takes_over(b)) {
+                att.sole_backer_of.insert((*key).clone());
             }
         }
-        verdicts.attachment_pods.insert(pod.clone(), att);
+        attachment_pods.insert(pod.clone(), att);
     }
+    verdicts.attachment_pods = attachment_pods;
 
     // Volumes an attachment pod serves that its launcher does not show yet.
     for (pod, att) in &verdicts.attachment_pods {
@@ -280,19 +298,14 @@ pub fn judge(inv: &Inventory) -> Verdicts {
 fn owner(
     inv: &Inventory,
     pod: &PodUid,
-    served: &Served,
-    verdicts: &Verdicts,
+    first_user: &BTreeMap<&PodUid, &PodUid>,
     launchers: &BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>>,
 ) -> Option<PodUid> {
     if let Some(l) = inv.owner_of(pod) {
         return Some(l.clone());
     }
-    let by_device = verdicts
-        .volumes
-        .iter()
-        .find(|(_, v)| v.device.is_some_and(|d| served.by_device.get(&d).is_some_and(|s| s.contains(pod))));
-    if let Some((key, _)) = by_device {
-        return Some(key.launcher.clone());
+    if let Some(l) = first_user.get(pod) {
+        return Some((*l).clone());
     }
     match launchers.keys().collect::<Vec<_>>().as_slice() {
         [only] => Some((**only).clone()),

@@ -45,3 +45,34 @@ fn metrics_reference_matches_the_binary() {
         .collect();
     assert_eq!(documented, served);
 }
+
+/// docs/configuration.md names every flag of `scan` and `run` with its environment
+/// variable, and no flag the binary does not have.
+#[test]
+fn configuration_reference_matches_the_flags() {
+    use clap::CommandFactory;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    // (flag, row): the flag is the row's first word, `--name` of `| `--name VALUE` | ...`.
+    let rows: Vec<(&str, &str)> =
+        doc.lines().filter(|l| l.starts_with("| `--")).map(|l| (l[3..].split([' ', '`']).next().unwrap(), l)).collect();
+    let documented: BTreeSet<String> = rows.iter().map(|(flag, _)| flag.to_string()).collect();
+    let mut served = BTreeSet::new();
+    let cli = hotplug_watchdog::cli::Cli::command();
+    for sub in cli.get_subcommands() {
+        for arg in sub.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let flag = format!("--{long}");
+            let row = rows.iter().find(|(f, _)| *f == flag).map(|(_, row)| row);
+            let row = row.unwrap_or_else(|| panic!("{flag} ({}) is not in docs/configuration.md", sub.get_name()));
+            if let Some(env) = arg.get_env() {
+                let env = env.to_str().unwrap();
+                assert!(row.contains(&format!("`{env}`")), "{flag}: its variable {env} is not in its row: {row}");
+            }
+            served.insert(flag);
+        }
+    }
+    assert_eq!(documented, served, "flags in docs/configuration.md vs the binary's");
+}

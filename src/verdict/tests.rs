@@ -440,8 +440,7 @@ fn a_reused_device_number_is_replaced_never_ready() {
     scan.identities.insert(d(1), "diskseq:10".into());
     inv.apply(Observation::FullScan(scan));
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
-    let vk = (L1.to_string(), "disk1".to_string());
-    inv.remember_ready([(vk.clone(), d(1))], &BTreeSet::from([vk.clone()]));
+    inv.learn_disks([(L1, "disk1", d(1))]);
 
     // Same disk seen again: still ready.
     inv.apply(Observation::Device { seq: 2, device: d(1), present: true, identity: Some("diskseq:10".into()) });
@@ -454,8 +453,11 @@ fn a_reused_device_number_is_replaced_never_ready() {
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
     assert!(v.volumes[&key(L1, "disk1")].is_alarm() && !VolumeState::Replaced.device_present());
     // Learning again does not overwrite what the volume had.
-    inv.remember_ready([(vk.clone(), d(1))], &BTreeSet::from([vk]));
+    inv.learn_disks([(L1, "disk1", d(1))]);
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Replaced);
+    // A volume that is gone is forgotten: hotplugged again, it starts afresh.
+    inv.forget_disks([(L1, "disk1")]);
+    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
 }
 
 #[test]
