@@ -19,7 +19,8 @@
 //!    to (a) the `vanished` line reaching a `/watch` client and (b) the attachment pod's
 //!    `DevicesPresent` condition naming the device, seen through an API watch. The volume
 //!    is then put back with a new device and the next removal waits until it is ready;
-//! 4. peak RSS (VmHWM) after all that;
+//! 4. peak RSS (VmHWM) after all that, and what the RSS is made of then: anonymous memory
+//!    (heap) and file-backed pages (the binary's code, shared with the page cache);
 //! 5. baseline: the agent stopped, benches/baseline/check-hotplug-devices.sh run every 1 s
 //!    and every 30 s as node-problem-detector runs a custom plugin (a new process each
 //!    period), both at once, while devices are removed at random moments; each removal is
@@ -357,9 +358,11 @@ impl AgentProcess {
         u
     }
 
-    fn peak_rss_mib(&self) -> f64 {
+    /// A field of /proc/<pid>/status in MiB: VmHWM (peak RSS), RssAnon (heap and stacks),
+    /// RssFile (the binary's code pages, shared with the page cache).
+    fn memory_mib(&self, field: &str) -> f64 {
         let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status_field(&s, "VmHWM:") as f64 / 1024.0
+        status_field(&s, field) as f64 / 1024.0
     }
 
     fn stop(mut self) {
@@ -664,7 +667,9 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
     let _ = (req2, writes2);
 
     // 4. Footprint.
-    figs.put("peak RSS (MiB)", &col, agent.peak_rss_mib());
+    figs.put("peak RSS (MiB)", &col, agent.memory_mib("VmHWM:"));
+    figs.put("RSS at the end: anonymous (MiB)", &col, agent.memory_mib("RssAnon:"));
+    figs.put("RSS at the end: file-backed, the binary (MiB)", &col, agent.memory_mib("RssFile:"));
     agent.stop();
 
     // 5. The baseline.
