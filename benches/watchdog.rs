@@ -36,8 +36,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,7 +51,7 @@ use kube::api::{Api, DynamicObject, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Value};
 
 use support::control_plane::ControlPlane;
-use support::{agent_binary, KubeletTree, WatchStream};
+use support::{agent_binary, http_get, loop_control, KubeletTree, WatchStream, LOOP_CTL_ADD, LOOP_CTL_REMOVE};
 
 const VOLUMES_PER_VMI: usize = 10;
 const WAIT: Duration = Duration::from_secs(15);
@@ -111,23 +110,15 @@ fn usage(why: &str) -> ! {
 
 // ------------------------------------------------------------------ loop devices
 
-const LOOP_CTL_ADD: nix::libc::c_ulong = 0x4C80;
-const LOOP_CTL_REMOVE: nix::libc::c_ulong = 0x4C81;
 /// Loop numbers far above what the tests use; the kernel allows minors up to 2^20.
 static NEXT_LOOP: AtomicU32 = AtomicU32::new(800_000);
-
-fn loop_ioctl(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
-    let ctl = fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").expect("/dev/loop-control");
-    // SAFETY: a plain integer ioctl on a file we own.
-    nix::errno::Errno::result(unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request, index as nix::libc::c_ulong) })
-}
 
 /// A new loop device: its index (major 7, minor = index).
 fn loop_add() -> u32 {
     loop {
         let index = NEXT_LOOP.fetch_add(1, Ordering::SeqCst);
         assert!(index < 1 << 20, "out of loop minors");
-        match loop_ioctl(LOOP_CTL_ADD, index) {
+        match loop_control(LOOP_CTL_ADD, index) {
             Ok(_) => return index,
             Err(nix::errno::Errno::EEXIST) => continue,
             Err(e) => panic!("LOOP_CTL_ADD {index}: {e}"),
@@ -137,7 +128,7 @@ fn loop_add() -> u32 {
 
 fn loop_remove(index: u32) {
     for _ in 0..500 {
-        match loop_ioctl(LOOP_CTL_REMOVE, index) {
+        match loop_control(LOOP_CTL_REMOVE, index) {
             Ok(_) | Err(nix::errno::Errno::ENODEV) => return,
             // Something (blkid, udev) has it open for a moment.
             Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
@@ -384,16 +375,6 @@ fn status_field(status: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
 }
 
 /// The sum of every series of a metric family.

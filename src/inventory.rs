@@ -178,17 +178,14 @@ impl Inventory {
         self.cluster.owners.get(attachment)
     }
 
-    /// Whether attachment pod `a` is newer than `b`: later created, ties broken by UID so
-    /// that of two pods exactly one is newer. Unknown ages (standalone mode): yes.
-    pub fn age_known(&self, pod: &str) -> bool {
-        self.cluster.created.contains_key(pod)
+    /// When the attachment pod was created (cluster mode), in the API server's whole
+    /// seconds.
+    pub fn created(&self, pod: &str) -> Option<i64> {
+        self.cluster.created.get(pod).copied()
     }
 
-    pub fn newer(&self, a: &str, b: &str) -> bool {
-        match (self.cluster.created.get(a), self.cluster.created.get(b)) {
-            (Some(ta), Some(tb)) => (ta, a) > (tb, b),
-            _ => true,
-        }
+    pub fn age_known(&self, pod: &str) -> bool {
+        self.cluster.created.contains_key(pod)
     }
 
     /// Whether the launcher's VMI still has this volume in its spec; `None` when unknown

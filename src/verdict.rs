@@ -217,13 +217,19 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     let owners: BTreeMap<&PodUid, Option<PodUid>> =
         served.block_volumes.keys().map(|&pod| (pod, owner(inv, pod, &first_user, &launchers))).collect();
     // Where cluster mode knows the pods' ages, the newest attachment pod of each launcher
-    // is the one KubeVirt keeps ("current"); it deletes all others at once.
-    let mut newest: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
+    // is the one KubeVirt keeps ("current"); it deletes all others at once. Creation times
+    // have whole seconds: pods created in the same second are all candidates, and which
+    // one stays is not known, so each counts as possibly deleted (superseded) and only
+    // the candidates can take over from one another.
+    let mut newest: BTreeMap<&PodUid, (i64, BTreeSet<&PodUid>)> = BTreeMap::new();
     for (&pod, launcher) in &owners {
-        if let (Some(l), true) = (launcher, inv.age_known(pod)) {
-            let n = newest.entry(l).or_insert(pod);
-            if inv.newer(pod, n) {
-                *n = pod;
+        if let (Some(l), Some(t)) = (launcher, inv.created(pod)) {
+            let (at, pods) = newest.entry(l).or_insert((t, BTreeSet::new()));
+            if t > *at {
+                (*at, *pods) = (t, BTreeSet::new());
+            }
+            if t == *at {
+                pods.insert(pod);
             }
         }
     }
@@ -233,10 +239,12 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         // Who can take over from this pod: for an old pod, only the current one (two old
         // pods must not vouch for each other and both go); for the current pod, or where
         // ages are unknown, any other pod serving the device.
-        let current = launcher.as_ref().and_then(|l| newest.get(l)).filter(|n| ***n != *pod && inv.age_known(pod));
-        let takes_over = |b: &PodUid| current.is_none_or(|n| *n == b);
+        let candidates = launcher.as_ref().and_then(|l| newest.get(l)).map(|(_, pods)| pods);
+        let sole_current = candidates.is_some_and(|c| c.len() == 1 && c.contains(pod));
+        let current = candidates.filter(|_| inv.age_known(pod) && !sole_current);
+        let takes_over = |b: &PodUid| current.is_none_or(|c| c.contains(b));
         let superseded = match (&launcher, inv.age_known(pod)) {
-            (Some(l), true) => newest.get(l).is_some_and(|n| *n != pod),
+            (Some(_), true) => !sole_current,
             (Some(l), false) => owners.iter().any(|(&other, o)| other != pod && o.as_ref() == Some(l)),
             (None, _) => false,
         };

@@ -525,6 +525,14 @@ fn only_pods_a_newer_one_replaces_are_superseded() {
     assert!(superseded(&v, "old") && !superseded(&v, "current"));
     assert!(!safe(&v, "old") && !safe(&v, "current"));
     assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["old".to_string()]));
+    // Created in the same second: which one KubeVirt keeps is not known, so both may go.
+    inv.apply(Observation::Cluster(ClusterFacts {
+        created: BTreeMap::from([("old".into(), 100), ("current".into(), 100)]),
+        ..Default::default()
+    }));
+    let v = judge(&inv);
+    assert!(superseded(&v, "old") && superseded(&v, "current"));
+    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["current".to_string(), "old".to_string()]));
     // A lone pod is never superseded.
     let lone = World::default()
         .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])

@@ -35,8 +35,8 @@ pub fn require_root(test: &str) -> bool {
 
 // ---------------------------------------------------------------- loop devices
 
-const LOOP_CTL_ADD: nix::libc::c_ulong = 0x4C80;
-const LOOP_CTL_REMOVE: nix::libc::c_ulong = 0x4C81;
+pub const LOOP_CTL_ADD: nix::libc::c_ulong = 0x4C80;
+pub const LOOP_CTL_REMOVE: nix::libc::c_ulong = 0x4C81;
 const LOOP_SET_FD: nix::libc::c_ulong = 0x4C00;
 const LOOP_CLR_FD: nix::libc::c_ulong = 0x4C01;
 
@@ -48,7 +48,8 @@ fn next_loop_index() -> u32 {
     base + NEXT_LOOP.fetch_add(1, Ordering::SeqCst) % 256
 }
 
-fn loop_control(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
+/// `LOOP_CTL_ADD` or `LOOP_CTL_REMOVE` of loop device `index` through `/dev/loop-control`.
+pub fn loop_control(request: nix::libc::c_ulong, index: u32) -> nix::Result<i32> {
     let ctl = fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").expect("open /dev/loop-control");
     // SAFETY: plain integer ioctl on a file we own.
     let r = unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request, index as nix::libc::c_ulong) };
@@ -422,15 +423,7 @@ impl Agent {
     }
 
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
+        http_get(self.port, path)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -491,6 +484,19 @@ impl Agent {
             .unwrap();
         child.wait().unwrap()
     }
+}
+
+/// `GET path` on the agent at `port`: status and body, `None` when it does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// A `/watch` reader. HTTP/1.0, so the body is plain lines until the agent closes it.
