@@ -52,7 +52,8 @@ pub struct AttachmentPodReport {
     pub pod_uid: PodUid,
     pub volumes: Vec<String>,
     pub handoff_safe: bool,
-    /// A newer attachment pod of the same launcher is meant to replace this one.
+    /// Another attachment pod of the same launcher may replace this one (see
+    /// `AttachmentVerdict::superseded`).
     pub superseded: bool,
     /// The launcher pod it serves, when known.
     pub launcher_pod_uid: Option<PodUid>,

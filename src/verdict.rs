@@ -100,9 +100,9 @@ pub struct AttachmentVerdict {
     pub launcher: Option<PodUid>,
     /// Launcher volumes whose device only this pod serves: deleting the pod orphans them.
     pub sole_backer_of: BTreeSet<VolumeKey>,
-    /// Another attachment pod of the same launcher is meant to replace this one, so the
-    /// controller is about to delete it: a newer pod where ages are known (cluster mode),
-    /// any other pod of the launcher where they are not.
+    /// Another attachment pod of the same launcher may replace this one, so the controller
+    /// may be about to delete it: where ages are known (cluster mode), a newer pod or one
+    /// created in the same second; where they are not, any other pod of the launcher.
     pub superseded: bool,
     /// What the pod's own nodes and mounts point at, and whether that device exists: its
     /// block volumes by name, its filesystem mounts by path under its volumes directory.
