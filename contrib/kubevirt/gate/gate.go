@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	v1 "kubevirt.io/api/core/v1"
 )
@@ -18,12 +19,15 @@ const HandoffSafeCondition corev1.PodConditionType = "hotplug-watchdog.io/Handof
 // DefaultAgentDeadline is used when Input.AgentDeadline is zero.
 const DefaultAgentDeadline = 5 * time.Minute
 
-// RecheckInterval is Decision.RequeueAfter for blocks that are not waiting on the agent
-// deadline. Those blocks clear through pod or VMI updates, which re-queue the VMI anyway;
-// this is only a safety net.
+// DefaultConditionWait is used when Input.ConditionWait is zero.
+const DefaultConditionWait = 30 * time.Second
+
+// RecheckInterval is Decision.RequeueAfter for blocks that wait on no clock of their own
+// (rules 1-3). Those blocks clear through pod or VMI updates, which re-queue the VMI
+// anyway; this is only a safety net.
 const RecheckInterval = 10 * time.Second
 
-// minRequeue keeps a deadline requeue from rounding down to "now" and spinning.
+// minRequeue keeps a timed requeue from rounding down to "now" and spinning.
 const minRequeue = time.Second
 
 // Reasons. Allowed decisions:
@@ -34,6 +38,7 @@ const (
 	ReasonHandoffSafe           = "HandoffSafe"
 	ReasonVolumesReadyNoAgent   = "VolumesReadyNoAgent"
 	ReasonAgentDeadlineExceeded = "AgentDeadlineExceeded"
+	ReasonConditionWaitExceeded = "ConditionWaitExceeded"
 )
 
 // Reasons. Blocked decisions:
@@ -44,6 +49,7 @@ const (
 	ReasonVolumeNotServedByCurrentPod = "VolumeNotServedByCurrentPod"
 	ReasonHandoffUnsafe               = "HandoffUnsafe"
 	ReasonHandoffUnknown              = "HandoffUnknown"
+	ReasonHandoffPending              = "HandoffPending"
 )
 
 // Input is everything the gate looks at. It reads, never modifies, the objects.
@@ -55,12 +61,25 @@ type Input struct {
 	CurrentPod *corev1.Pod
 	// OldPod is the attachment pod about to be deleted.
 	OldPod *corev1.Pod
+	// Lease is the node agent's Lease for the old pod's node (LeaseName of
+	// OldPod.Spec.NodeName, in the agent's namespace); nil when the read said NotFound.
+	Lease *coordinationv1.Lease
+	// LeaseError is set when the lease could not be read for another reason than NotFound
+	// (forbidden, timeout, ...). Lease is then the last lease the controller did read for
+	// that node, or nil: its expiry still counts, nothing after it is known.
+	LeaseError error
 	// Now is the controller's clock.
 	Now time.Time
 	// AgentDeadline bounds how long a False or Unknown HandoffSafe condition may keep the
-	// old pod, measured from when the current pod started running. Zero means
-	// DefaultAgentDeadline; negative means no deadline.
+	// old pod when no live agent stands behind it (lease missing, expired, invalid or
+	// unreadable), measured from the later of: the current pod running, the lease's
+	// expiry. Zero means DefaultAgentDeadline; negative means no deadline.
 	AgentDeadline time.Duration
+	// ConditionWait is how long a live agent (or one whose lease could not be read) may
+	// take to write its first HandoffSafe condition on the old pod, measured from when the
+	// current pod started running; after it, KubeVirt's rules decide. Zero means
+	// DefaultConditionWait; negative means no wait.
+	ConditionWait time.Duration
 }
 
 // Decision is the gate's answer.
@@ -73,6 +92,9 @@ type Decision struct {
 	// RequeueAfter is when to look again if not Allowed; zero when Allowed, and for
 	// InvalidInput.
 	RequeueAfter time.Duration
+	// Lease is how the agent's lease was judged; empty when rules before rule 4 decided
+	// (the lease was not looked at).
+	Lease LeaseState
 }
 
 func allow(reason, format string, args ...any) Decision {
@@ -172,40 +194,111 @@ func MayDeleteOldAttachmentPod(in Input) Decision {
 			"only %s serves %s; current attachment pod %s does not", old.Name, strings.Join(notServed, ", "), cur.Name)
 	}
 
-	// Rule 4: the node agent's signal on the old pod.
+	// Rule 4: the node agent's signal on the old pod, read together with its lease.
+	return agentDecision(in, cur, gated)
+}
+
+// agentDecision is rule 4. Rules 1-3 hold: the current pod runs and serves, with the same
+// claims, every in-spec volume the old pod serves, and those volumes are attached.
+func agentDecision(in Input, cur *corev1.Pod, gated []string) Decision {
+	old := in.OldPod
+	lease := JudgeLease(in.Lease, in.LeaseError, old.Spec.NodeName, in.Now)
 	cond := findCondition(old, HandoffSafeCondition)
-	if cond == nil {
-		return allow(ReasonVolumesReadyNoAgent,
-			"%s is Running and serves %s, all Ready; no %s condition on %s (no agent on the node)",
-			cur.Name, list(gated), HandoffSafeCondition, old.Name)
-	}
-	if cond.Status == corev1.ConditionTrue {
+	d := agentRule(in, cur, gated, lease, cond)
+	d.Lease = lease.State
+	return d
+}
+
+func agentRule(in Input, cur *corev1.Pod, gated []string, lease AgentLease, cond *corev1.PodCondition) Decision {
+	old := in.OldPod
+	since := RunningSince(cur)
+
+	if cond != nil && cond.Status == corev1.ConditionTrue {
 		return allow(ReasonHandoffSafe, "node agent: %s", condText(cond))
 	}
+
+	if cond == nil {
+		// No verdict on the old pod. Without a live agent that is the plain KubeVirt case:
+		// rules 1-3 decide. With one (or when the lease could not be read: the agent may
+		// be alive), give it a short while to judge the handoff first; a live agent
+		// writes its verdict within seconds of the current pod starting, so a missing one
+		// after the wait means it does not judge this pod, and KubeVirt's rules decide.
+		if lease.State != LeaseUnknown && !lease.Alive {
+			return allow(ReasonVolumesReadyNoAgent,
+				"%s is Running and serves %s, all Ready; no %s condition on %s and no live agent (%s)",
+				cur.Name, list(gated), HandoffSafeCondition, old.Name, lease.Detail)
+		}
+		wait := in.ConditionWait
+		if wait == 0 {
+			wait = DefaultConditionWait
+		}
+		if wait > 0 && !since.IsZero() {
+			if end := since.Add(wait); in.Now.Before(end) {
+				after := end.Sub(in.Now)
+				if lease.Alive {
+					// If the lease runs out first, the answer changes (no live agent).
+					after = min(after, lease.Expiry.Sub(in.Now))
+				}
+				return block(ReasonHandoffPending, max(after, minRequeue),
+					"waiting for the node agent's %s condition on %s; %s; KubeVirt's rules decide from %s",
+					HandoffSafeCondition, old.Name, lease.Detail, stamp(end))
+			}
+		}
+		return allow(ReasonConditionWaitExceeded,
+			"%s is Running and serves %s, all Ready; the node agent wrote no %s condition on %s within %s of %s running (%s)",
+			cur.Name, list(gated), HandoffSafeCondition, old.Name, max(wait, 0), cur.Name, lease.Detail)
+	}
+
+	// False, Unknown or anything else: the agent says the old pod may still back a launcher
+	// device, or cannot tell yet.
 	reason := ReasonHandoffUnknown
 	if cond.Status == corev1.ConditionFalse {
 		reason = ReasonHandoffUnsafe
 	}
+	if lease.Alive {
+		// A live agent's verdict stands, for as long as it takes: the old pod is what keeps
+		// the VM's disk alive. Look again when the lease would expire; a renewal finds it
+		// alive again, a dead agent is noticed then (it produces no event of its own).
+		return block(reason, max(lease.Expiry.Sub(in.Now), minRequeue),
+			"node agent on %s: %s; held while %s", old.Name, condText(cond), lease.Detail)
+	}
 
+	// No live agent behind the verdict (lease missing, expired, invalid, or unreadable with
+	// nothing alive known): it may be a dead agent's last word, so it holds only until the
+	// deadline. The clock starts when the current pod started running, or when the lease
+	// expired if that was later: a dead agent gets the same grace as a live one would have.
 	deadline := in.AgentDeadline
 	if deadline == 0 {
 		deadline = DefaultAgentDeadline
 	}
 	if deadline < 0 {
-		return block(reason, RecheckInterval, "node agent on %s: %s (no deadline)", old.Name, condText(cond))
+		return block(reason, RecheckInterval, "node agent on %s: %s; %s; no deadline", old.Name, condText(cond), lease.Detail)
 	}
-	since := RunningSince(cur)
-	waited := time.Duration(0)
-	if !since.IsZero() {
-		waited = in.Now.Sub(since)
+	start := since
+	if lease.Expiry.After(start) {
+		start = lease.Expiry
 	}
-	if waited >= deadline {
+	if start.IsZero() {
+		// A pod without any timestamp (only synthetic input): the clock never starts.
+		return block(reason, RecheckInterval,
+			"node agent on %s: %s; %s; %s carries no time to count the deadline from", old.Name, condText(cond), lease.Detail, cur.Name)
+	}
+	end := start.Add(deadline)
+	if !in.Now.Before(end) {
 		return allow(ReasonAgentDeadlineExceeded,
-			"current attachment pod %s has been running for %s (deadline %s) and the node agent still says %s",
-			cur.Name, waited.Round(time.Second), deadline, condText(cond))
+			"the node agent still says %s about %s, but %s; the deadline (%s from %s) passed at %s",
+			condText(cond), old.Name, lease.Detail, deadline, startText(start, since), stamp(end))
 	}
-	return block(reason, max(deadline-waited, minRequeue),
-		"node agent on %s: %s; deletion allowed anyway after %s", old.Name, condText(cond), deadline)
+	return block(reason, max(end.Sub(in.Now), minRequeue),
+		"node agent on %s: %s; %s; deletion allowed anyway at %s (%s from %s)",
+		old.Name, condText(cond), lease.Detail, stamp(end), deadline, startText(start, since))
+}
+
+func startText(start, since time.Time) string {
+	if start.Equal(since) {
+		return "the current pod running, " + stamp(start)
+	}
+	return "the lease's expiry, " + stamp(start)
 }
 
 // RunningSince is when the pod started running, as the gate measures the agent deadline:

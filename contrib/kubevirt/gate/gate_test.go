@@ -14,6 +14,9 @@ import (
 // t0 is when the current attachment pod became Ready in most cases.
 var t0 = time.Date(2026, 8, 1, 12, 0, 0, 0, time.UTC)
 
+// node is where the VMI and its attachment pods run.
+const node = "node1"
+
 // ---- VMI helpers ----
 
 type vmiOpt func(*v1.VirtualMachineInstance)
@@ -74,7 +77,7 @@ func newPod(name string, phase corev1.PodPhase, opts ...podOpt) *corev1.Pod {
 			Name: name, Namespace: "ns", UID: types.UID("uid-" + name),
 			Labels: map[string]string{"kubevirt.io": "hotplug-disk"},
 		},
-		Spec: corev1.PodSpec{Volumes: []corev1.Volume{{
+		Spec: corev1.PodSpec{NodeName: node, Volumes: []corev1.Volume{{
 			Name: "hotplug-disks", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 		}}},
 		Status: corev1.PodStatus{Phase: phase},
