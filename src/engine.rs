@@ -75,6 +75,12 @@ impl Engine {
         }
     }
 
+    /// The mount table does not show the kubelet root (see `sources::mounts::check_view`).
+    pub fn with_mount_view_mismatch(mut self, mismatch: bool) -> Self {
+        self.inventory.set_mount_view_mismatch(mismatch);
+        self
+    }
+
     /// Volume transitions also go to `/watch` readers.
     pub fn with_feed(mut self, feed: Feed) -> Self {
         self.feed = feed;
@@ -165,7 +171,7 @@ impl Engine {
     }
 
     fn apply_cluster(&mut self, view: ClusterView) {
-        self.inventory.apply(Observation::Cluster(view.facts()));
+        self.inventory.apply(Observation::Cluster(view.facts));
         self.published.write().unwrap_or_else(|e| e.into_inner()).names = view.names;
         self.vmis = view.vmis;
     }

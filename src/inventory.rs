@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use nix::errno::Errno;
+
 use crate::device::DevNum;
 use crate::layout::{MountSite, PodDisks, PodUid};
 
@@ -20,8 +22,9 @@ pub type Seq = u64;
 /// What a source saw. Sources only observe; the inventory and the verdicts decide.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
-    /// One pod directory, read whole. `None`: no hotplug-disks directory (or no pod).
-    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks> },
+    /// One pod directory, read whole. `disks: None`: no hotplug-disks directory (or no
+    /// pod). `unreadable`: the read failed part of the way (see [`PodFact`]).
+    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks>, unreadable: Option<Errno> },
     /// A block device appeared in or left `/sys/dev/block` (a uevent, or a read of sysfs),
     /// with the identity of the disk behind the number when known (see [`DiskId`]).
     Device { seq: Seq, device: DevNum, present: bool, identity: Option<DiskId> },
@@ -38,6 +41,8 @@ pub struct FullScan {
     pub seq: Seq,
     /// Only pods that have a hotplug-disks directory.
     pub pods: BTreeMap<PodUid, PodDisks>,
+    /// Pods whose directory could not be read whole, with the error, and what was read.
+    pub unreadable: BTreeMap<PodUid, (Option<PodDisks>, Errno)>,
     pub devices: BTreeSet<DevNum>,
     /// The identity of the disk behind each present device, where known.
     pub identities: BTreeMap<DevNum, DiskId>,
@@ -49,22 +54,65 @@ pub struct FullScan {
 /// every disk the kernel creates; where the kernel has none, udev's serial or WWN.
 pub type DiskId = String;
 
-/// The API server's part of the picture.
+/// The API server's part of the picture (cluster mode): which pod directories belong to
+/// which role. Roles come from here only, never from what a directory holds: a tenant
+/// controls the contents of its pods' emptyDirs (names, sockets, device nodes with any
+/// number), not the API's record of who owns what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterFacts {
-    /// Attachment pod -> the launcher pod it serves (controller ownerReference).
-    pub owners: BTreeMap<PodUid, PodUid>,
-    /// Launcher pod -> volume names in its VMI's spec, where the VMI is known.
-    pub spec_volumes: BTreeMap<PodUid, BTreeSet<String>>,
-    /// Attachment pod -> its creation time (Unix seconds).
-    pub created: BTreeMap<PodUid, i64>,
+    /// Launcher pods the API confirms on this node (label `kubevirt.io=virt-launcher`,
+    /// controller-owned by the VMI named in `kubevirt.io/created-by`).
+    pub launchers: BTreeMap<PodUid, ApiLauncher>,
+    /// Attachment pods the API shows on this node (label `kubevirt.io=hotplug-disk`, a
+    /// controller ownerReference to a pod). Their launcher is confirmed only when it is in
+    /// `launchers` (same namespace checked when the view was built).
+    pub attachment_pods: BTreeMap<PodUid, ApiAttachment>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiLauncher {
+    /// The volume names in its VMI's spec; `None` when the VMI is not watched (not on this
+    /// node any more, e.g. a migration source): nothing can be said about unplugs then.
+    pub spec_volumes: Option<BTreeSet<String>>,
+    /// Why nothing of this launcher needs protecting any more, when that is so.
+    pub finished: Option<Finished>,
+}
+
+/// Why a launcher's devices need no protection any more: KubeVirt's own cleanup
+/// (`deleteAllAttachmentPods`, `deleteOrphanedAttachmentPods`) must not be held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// The VMI is Succeeded or Failed.
+    VmiFinal,
+    /// The launcher pod is Succeeded, Failed or being deleted.
+    LauncherDone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiAttachment {
+    /// The launcher pod of its controller ownerReference.
+    pub launcher: PodUid,
+    /// Creation time, in the API server's whole seconds: which pod is newer.
+    pub created: i64,
+    /// A WaitForFirstConsumer trigger pod (annotation `kubevirt.io/ephemeral-provisioning`):
+    /// it exists only to get a PVC bound and serves no VM.
+    pub trigger: bool,
+}
+
+/// What the agent knows of one pod directory: the last read, and whether that read
+/// failed. A failed read keeps what an earlier read saw (volumes are never forgotten on an
+/// error) and marks the pod, so that no safety verdict rests on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFact {
+    pub disks: Option<PodDisks>,
+    pub unreadable: Option<Errno>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
-    /// Latest read of each pod; `None` records that a pod has no hotplug directory so that
-    /// an older read cannot bring it back. Cleared of such entries at each full scan.
-    pods: BTreeMap<PodUid, (Seq, Option<PodDisks>)>,
+    /// Latest read of each pod; `disks: None` records that a pod has no hotplug directory
+    /// so that an older read cannot bring it back. Cleared of such entries at each full scan.
+    pods: BTreeMap<PodUid, (Seq, PodFact)>,
     devices: BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>,
     /// The disk each volume's node reached when first seen present: learned, so lost on restart
     /// (then learned again), and the one fact here that no read can rebuild.
@@ -72,7 +120,12 @@ pub struct Inventory {
     /// building a key.
     remembered: BTreeMap<PodUid, BTreeMap<String, (DevNum, DiskId)>>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),
-    cluster: ClusterFacts,
+    /// `None`: standalone mode, or cluster mode before the watches first synced: roles
+    /// are inferred from directories (a diagnostic, never a source of safety).
+    cluster: Option<ClusterFacts>,
+    /// The mount table names the kubelet root the agent reads (checked at start); when it
+    /// does not, filesystem volumes cannot be seen and no handoff is judged safe.
+    mount_view_mismatch: bool,
     /// `Seq` of the latest full scan applied; 0 before the first.
     watermark: Seq,
 }
@@ -80,9 +133,10 @@ pub struct Inventory {
 impl Inventory {
     pub fn apply(&mut self, obs: Observation) {
         match obs {
-            Observation::Pod { seq, uid, disks } => {
+            Observation::Pod { seq, uid, disks, unreadable } => {
                 if seq >= self.watermark {
-                    lww(&mut self.pods, uid, seq, disks);
+                    let fact = self.pod_fact(&uid, disks, unreadable);
+                    lww(&mut self.pods, uid, seq, fact);
                 }
             }
             Observation::Device { seq, device, present, identity } => {
@@ -97,7 +151,19 @@ impl Inventory {
             }
             Observation::FullScan(scan) => self.apply_full_scan(scan),
             // The watches deliver whole, consistent stores: nothing to order.
-            Observation::Cluster(facts) => self.cluster = facts,
+            Observation::Cluster(facts) => self.cluster = Some(facts),
+        }
+    }
+
+    /// What a read of `uid` establishes: on an error, the last complete read stands (if
+    /// any; else the partial one) and the pod is marked.
+    fn pod_fact(&self, uid: &PodUid, disks: Option<PodDisks>, unreadable: Option<Errno>) -> PodFact {
+        match unreadable {
+            None => PodFact { disks, unreadable },
+            Some(_) => {
+                let before = self.pods.get(uid).and_then(|(_, f)| f.disks.clone());
+                PodFact { disks: before.or(disks), unreadable }
+            }
         }
     }
 
@@ -108,9 +174,20 @@ impl Inventory {
         }
         self.watermark = w;
         // Facts read after the scan started stay; everything else is what the scan saw.
+        let unreadable: BTreeMap<PodUid, PodFact> = scan
+            .unreadable
+            .into_iter()
+            .map(|(uid, (disks, errno))| {
+                let fact = self.pod_fact(&uid, disks, Some(errno));
+                (uid, fact)
+            })
+            .collect();
         self.pods.retain(|_, (seq, _)| *seq > w);
         for (uid, disks) in scan.pods {
-            lww(&mut self.pods, uid, w, Some(disks));
+            lww(&mut self.pods, uid, w, PodFact { disks: Some(disks), unreadable: None });
+        }
+        for (uid, fact) in unreadable {
+            lww(&mut self.pods, uid, w, fact);
         }
         self.devices.retain(|_, (seq, _)| *seq > w);
         for dev in scan.devices {
@@ -126,8 +203,39 @@ impl Inventory {
         self.watermark > 0
     }
 
+    /// Pods with a hotplug-disks directory, as last read (an unreadable pod keeps its
+    /// last complete read).
     pub fn pods(&self) -> impl Iterator<Item = (&PodUid, &PodDisks)> {
-        self.pods.iter().filter_map(|(uid, (_, d))| d.as_ref().map(|d| (uid, d)))
+        self.pods.iter().filter_map(|(uid, (_, f))| f.disks.as_ref().map(|d| (uid, d)))
+    }
+
+    /// Every pod the agent has a fact about: read, or failed to read.
+    pub fn pod_facts(&self) -> impl Iterator<Item = (&PodUid, &PodFact)> {
+        self.pods.iter().map(|(uid, (_, f))| (uid, f)).filter(|(_, f)| f.disks.is_some() || f.unreadable.is_some())
+    }
+
+    /// Why the last read of this pod's directory failed, if it did.
+    pub fn unreadable(&self, uid: &str) -> Option<Errno> {
+        self.pods.get(uid).and_then(|(_, f)| f.unreadable)
+    }
+
+    /// The pod has no hotplug-disks directory on the node, as far as a full scan and
+    /// every read since can tell: nothing of it can be in use.
+    pub fn pod_gone(&self, uid: &str) -> bool {
+        self.has_full_scan() && self.pods.get(uid).is_none_or(|(_, f)| f.disks.is_none() && f.unreadable.is_none())
+    }
+
+    pub fn set_mount_view_mismatch(&mut self, mismatch: bool) {
+        self.mount_view_mismatch = mismatch;
+    }
+
+    pub fn mount_view_mismatch(&self) -> bool {
+        self.mount_view_mismatch
+    }
+
+    /// What the API says (cluster mode, once the watches synced).
+    pub fn cluster(&self) -> Option<&ClusterFacts> {
+        self.cluster.as_ref()
     }
 
     /// Present unless a scan or uevent said otherwise. Anonymous devices (major 0, NFS and
@@ -174,24 +282,26 @@ impl Inventory {
         &self.mounts.1
     }
 
+    /// The launcher pod an attachment pod works for, as the API says (cluster mode).
     pub fn owner_of(&self, attachment: &str) -> Option<&PodUid> {
-        self.cluster.owners.get(attachment)
+        self.cluster.as_ref()?.attachment_pods.get(attachment).map(|a| &a.launcher)
     }
 
     /// When the attachment pod was created (cluster mode), in the API server's whole
     /// seconds.
     pub fn created(&self, pod: &str) -> Option<i64> {
-        self.cluster.created.get(pod).copied()
+        self.cluster.as_ref()?.attachment_pods.get(pod).map(|a| a.created)
     }
 
     pub fn age_known(&self, pod: &str) -> bool {
-        self.cluster.created.contains_key(pod)
+        self.created(pod).is_some()
     }
 
     /// Whether the launcher's VMI still has this volume in its spec; `None` when unknown
     /// (standalone mode, or the VMI is not known).
     pub fn in_spec(&self, launcher: &str, volume: &str) -> Option<bool> {
-        self.cluster.spec_volumes.get(launcher).map(|vols| vols.contains(volume))
+        let spec = self.cluster.as_ref()?.launchers.get(launcher)?.spec_volumes.as_ref()?;
+        Some(spec.contains(volume))
     }
 }
 

@@ -77,9 +77,15 @@ pub enum LauncherEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodScan {
     pub uid: PodUid,
-    /// `None`: the pod has no hotplug-disks directory (or it is gone, or unreadable).
+    /// `None`: the pod has no hotplug-disks directory (or it is gone), or it could not be
+    /// read at all (then `unreadable` says why).
     pub disks: Option<PodDisks>,
     pub skipped: Vec<Skipped>,
+    /// The first error other than "not there" met anywhere in the pod's hotplug tree
+    /// (EACCES, EMFILE, EIO, ...). The read is then incomplete: what is missing from
+    /// `disks` may still be there, so it proves nothing (a volume not listed is not a
+    /// volume gone). Absence (ENOENT) is not an error: it is what the pod looks like.
+    pub unreadable: Option<Errno>,
 }
 
 /// Something in a watched tree that does not fit the layout, and why it was passed over.
@@ -137,6 +143,14 @@ impl SkipReason {
             SkipReason::DuplicateVolume => "duplicate_volume",
             SkipReason::UnexpectedInAttachmentPod => "unexpected_in_attachment_pod",
             SkipReason::Unreadable(_) => "unreadable",
+        }
+    }
+
+    /// The error behind an unreadable entry.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            SkipReason::Unreadable(e) => Some(*e),
+            _ => None,
         }
     }
 }
@@ -209,19 +223,25 @@ impl KubeletLayout {
 
     /// Reads one pod's hotplug-disks directory.
     pub fn scan_pod(&self, uid: &str) -> PodScan {
-        let mut scan = PodScan { uid: uid.to_string(), disks: None, skipped: Vec::new() };
+        let mut scan = PodScan { uid: uid.to_string(), disks: None, skipped: Vec::new(), unreadable: None };
         // Walk down one component at a time so that no component can be a symlink.
         let mut path = self.root.clone();
         let mut fd = match open_root(&self.root) {
             Ok(fd) => fd,
-            Err(_) => return scan,
+            Err(errno) => {
+                scan.unreadable = Some(errno);
+                return scan;
+            }
         };
         for component in std::iter::once(uid).chain(HOTPLUG_SUBPATH) {
             path.push(component);
             fd = match open_dir(&fd, Path::new(component)) {
                 Ok(next) => next,
                 Err(errno) => {
+                    // Only the kubelet (root) makes these directories: anything but
+                    // absence here means the read failed, not that there is nothing.
                     if let Some(reason) = open_failure_reason(&fd, component, errno) {
+                        scan.unreadable = Some(reason.errno().unwrap_or(errno));
                         scan.skipped.push(Skipped { path, reason });
                     }
                     return scan;
@@ -230,10 +250,12 @@ impl KubeletLayout {
         }
         let mut reader = HotplugDirReader::new(&path);
         if let Err(errno) = for_each_entry(fd, |dir, name| reader.entry(dir, name)) {
+            scan.unreadable = Some(errno);
             scan.skipped.push(Skipped { path, reason: SkipReason::Unreadable(errno) });
             return scan;
         }
         scan.skipped.append(&mut reader.skipped);
+        scan.unreadable = reader.unreadable;
         let HotplugDirReader { has_socket, launcher, attachment, .. } = reader;
         scan.disks = Some(if has_socket || !attachment.is_empty() {
             // An attachment pod's directory holds only the socket and volume directories.
@@ -279,6 +301,8 @@ struct HotplugDirReader<'a> {
     launcher: BTreeMap<String, LauncherEntry>,
     attachment: BTreeMap<String, DevNum>,
     skipped: Vec<Skipped>,
+    /// The first read error (not absence) inside the directory.
+    unreadable: Option<Errno>,
 }
 
 impl<'a> HotplugDirReader<'a> {
@@ -289,10 +313,14 @@ impl<'a> HotplugDirReader<'a> {
             launcher: BTreeMap::new(),
             attachment: BTreeMap::new(),
             skipped: Vec::new(),
+            unreadable: None,
         }
     }
 
     fn skip(&mut self, path: PathBuf, reason: SkipReason) {
+        if let Some(errno) = reason.errno() {
+            self.unreadable.get_or_insert(errno);
+        }
         self.skipped.push(Skipped { path, reason });
     }
 
@@ -349,15 +377,18 @@ impl<'a> HotplugDirReader<'a> {
             }
         };
         let mut nodes: Vec<(String, DevNum)> = Vec::new();
-        let listed = for_each_entry(sub, |subdir, child| {
-            if let Ok(st) = fstatat(subdir, child, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                if file_kind(st.st_mode) == SFlag::S_IFBLK {
-                    let child = String::from_utf8_lossy(child.to_bytes()).into_owned();
-                    nodes.push((child, DevNum::from_raw(st.st_rdev)));
-                }
+        let mut stat_error = None;
+        let listed = for_each_entry(sub, |subdir, child| match fstatat(subdir, child, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_kind(st.st_mode) == SFlag::S_IFBLK => {
+                let child = String::from_utf8_lossy(child.to_bytes()).into_owned();
+                nodes.push((child, DevNum::from_raw(st.st_rdev)));
+            }
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                stat_error.get_or_insert(e);
             }
         });
-        if let Err(errno) = listed {
+        if let Some(errno) = listed.err().or(stat_error) {
             return self.skip(path, SkipReason::Unreadable(errno));
         }
         nodes.sort();

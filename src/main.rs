@@ -32,9 +32,14 @@ fn main() -> ExitCode {
 }
 
 fn scan(args: ScanArgs) -> anyhow::Result<()> {
-    let read = read_node(&args.node.paths(), 1)?;
+    let paths = args.node.paths();
+    let read = read_node(&paths, 1)?;
     let mut inventory = Inventory::default();
     inventory.apply(Observation::FullScan(read.scan));
+    if let Err(e) = sources::mounts::check_view(&paths) {
+        eprintln!("hotplug-watchdog: {e}");
+        inventory.set_mount_view_mismatch(true);
+    }
     let mut names = Default::default();
     if let Some(kubeconfig) = &args.kubeconfig {
         let node = match &args.node_name {
@@ -46,7 +51,7 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
             let client = cluster::client::connect(Some(kubeconfig), Default::default()).await?;
             cluster::list_view(client, &node).await.with_context(|| format!("cannot list node {node}'s pods and VMIs"))
         })?;
-        inventory.apply(Observation::Cluster(view.facts()));
+        inventory.apply(Observation::Cluster(view.facts));
         names = view.names;
     }
     let verdicts = judge(&inventory);
@@ -125,12 +130,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The mount table must show the kubelet root read here, or filesystem volumes are
+    // invisible: said once, not ready, and nothing judged handoff-safe.
+    let mount_view = sources::mounts::check_view(&paths);
+    if let Err(e) = &mount_view {
+        tracing::error!("{e}");
+        health.set_unready("mount table", Some(e.clone()));
+    }
+
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let feed = Feed::default();
         let mut engine =
             Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
-                .with_feed(feed.clone());
+                .with_feed(feed.clone())
+                .with_mount_view_mismatch(mount_view.is_err());
         if let Some(node) = node_name.clone() {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;

@@ -19,7 +19,7 @@ use crate::notice::NoticeKind;
 use crate::report::PodNames;
 use crate::sources::health::Health;
 use crate::sources::{RescanReason, SourceKind};
-use crate::verdict::{Verdicts, VolumeKey, VolumeState};
+use crate::verdict::{ConditionStatus, Verdicts, VolumeKey, VolumeState};
 
 pub const PREFIX: &str = "hotplug_watchdog";
 
@@ -352,6 +352,23 @@ impl Collector for VerdictGauges {
         for (uid, a) in &p.verdicts.attachment_pods {
             ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
         }
+        let mut m = encoder.encode_descriptor(
+            "attachment_pod_handoff_unknown",
+            "1 when the agent cannot tell whether deleting this attachment pod is safe (HandoffSafe=Unknown: a read error, a launcher the API does not confirm, a filesystem volume pending, ...)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (uid, a) in &p.verdicts.attachment_pods {
+            let unknown = a.handoff.status() == ConditionStatus::Unknown;
+            ConstGauge::new(i64::from(unknown)).encode(m.encode_family(&p.pod_labels(uid))?)?;
+        }
+        let m = encoder.encode_descriptor(
+            "unconfirmed_pod_directories",
+            "Pod directories with a hotplug-disks directory that the API does not confirm as this node's launcher or attachment pods (cluster mode); they decide nothing",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(p.verdicts.unconfirmed.len() as i64).encode(m)?;
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! Parser for `/proc/<pid>/mountinfo` (proc(5)). Pure: bytes in, mounts out.
 //!
-//! Only the two fields the agent needs are kept: the device number of the mounted
-//! filesystem and the mount point. Malformed lines are skipped and counted, never fatal:
+//! Only the fields the agent needs are kept: the device number of the mounted filesystem,
+//! the path inside it that is mounted (root), and the mount point. Malformed lines are skipped and counted, never fatal:
 //! the file comes from the kernel, but the parser is also fuzzed.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::device::DevNum;
 
@@ -14,6 +14,9 @@ use crate::device::DevNum;
 pub struct Mount {
     /// `st_dev` of the filesystem mounted there (field 3).
     pub device: DevNum,
+    /// The directory of that filesystem mounted there: `/` for a whole filesystem, a
+    /// subdirectory for a bind mount (field 4, decoded).
+    pub root: PathBuf,
     /// Where it is mounted, octal escapes (`\040` etc.) decoded (field 5).
     pub mount_point: PathBuf,
 }
@@ -45,16 +48,39 @@ fn parse_line(line: &[u8]) -> Option<Mount> {
     let _mount_id = fields.next().filter(|f| is_number(f))?;
     let _parent_id = fields.next().filter(|f| is_number(f))?;
     let device: DevNum = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    let _root = fields.next()?;
+    let root = unescape(fields.next()?)?;
     let mount_point = unescape(fields.next()?)?;
     // The separator "-" must follow the optional fields; a line without it is cut short.
     if !fields.any(|f| f == b"-") {
         return None;
     }
-    if !mount_point.starts_with(b"/") {
+    if !mount_point.starts_with(b"/") || !root.starts_with(b"/") {
         return None;
     }
-    Some(Mount { device, mount_point: PathBuf::from(OsString::from_vec(mount_point)) })
+    Some(Mount {
+        device,
+        root: PathBuf::from(OsString::from_vec(root)),
+        mount_point: PathBuf::from(OsString::from_vec(mount_point)),
+    })
+}
+
+/// Where `path` lives, as (filesystem device, path inside that filesystem): through the
+/// mount whose mount point is the longest ancestor of `path`, the last one in file order
+/// when several are stacked on one point. Two mount namespaces name the same directory
+/// when both give the same answer. `None`: no mount covers `path` (not absolute).
+pub fn resolve(mounts: &[Mount], path: &Path) -> Option<(DevNum, PathBuf)> {
+    let mut best: Option<(&Mount, usize)> = None;
+    for m in mounts {
+        if path.starts_with(&m.mount_point) {
+            let depth = m.mount_point.components().count();
+            if best.is_none_or(|(_, d)| depth >= d) {
+                best = Some((m, depth));
+            }
+        }
+    }
+    let (m, _) = best?;
+    let rest = path.strip_prefix(&m.mount_point).ok()?;
+    Some((m.device, if rest.as_os_str().is_empty() { m.root.clone() } else { m.root.join(rest) }))
 }
 
 fn is_number(f: &[u8]) -> bool {
@@ -96,6 +122,7 @@ mod tests {
         assert_eq!(parsed.malformed_lines, 0);
         assert_eq!(parsed.mounts.len(), 3);
         assert_eq!(parsed.mounts[1].device, DevNum::new(7, 3));
+        assert_eq!(parsed.mounts[1].root, PathBuf::from("/disk.img"));
         assert_eq!(
             parsed.mounts[1].mount_point,
             PathBuf::from("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/hotplug-disks/my vol.img")
@@ -117,6 +144,23 @@ mod tests {
             assert_eq!(parsed.mounts, vec![], "{:?}", String::from_utf8_lossy(bad));
             assert_eq!(parsed.malformed_lines, 1);
         }
+    }
+
+    #[test]
+    fn resolves_a_path_through_the_mount_on_top() {
+        // The host: / on 8:1, /var/lib/kubelet its own filesystem on 8:2.
+        let host = parse(b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 8:2 / /var/lib/kubelet rw - ext4 /dev/sda2 rw\n3 2 0:50 / /var/lib/kubelet/pods/u/volumes/x rw - tmpfs tmpfs rw\n");
+        // A container: the kubelet's pods directory bind-mounted at /host/...
+        let pod = parse(b"10 9 0:60 / / rw - overlay overlay rw\n11 10 8:2 /pods /host/var/lib/kubelet/pods ro - ext4 /dev/sda2 rw\n");
+        let on_host = resolve(&host.mounts, Path::new("/var/lib/kubelet/pods")).unwrap();
+        assert_eq!(on_host, (DevNum::new(8, 2), PathBuf::from("/pods")));
+        assert_eq!(resolve(&pod.mounts, Path::new("/host/var/lib/kubelet/pods")), Some(on_host.clone()));
+        // A kubelet root the host keeps elsewhere resolves to another place.
+        assert_ne!(resolve(&host.mounts, Path::new("/var/lib/k0s/kubelet/pods")), Some(on_host));
+        // Stacked mounts: the later one wins.
+        let stacked =
+            parse(b"1 0 8:1 / / rw - ext4 a rw\n2 1 8:3 / /m rw - ext4 b rw\n3 1 8:4 /sub /m rw - ext4 c rw\n");
+        assert_eq!(resolve(&stacked.mounts, Path::new("/m/x")), Some((DevNum::new(8, 4), PathBuf::from("/sub/x"))));
     }
 
     proptest! {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::layout::PodUid;
-use crate::verdict::{Transitions, Verdicts, VolumeState};
+use crate::verdict::{HandoffReason, Transitions, Verdicts, VolumeState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -60,7 +60,11 @@ pub struct Notice {
 /// them (a swap is under way) but each is the only one serving a device the VM uses. A lone
 /// pod serving its volumes is normal.
 pub fn unsafe_handoffs(v: &Verdicts) -> BTreeSet<PodUid> {
-    v.attachment_pods.iter().filter(|(_, a)| a.superseded && !a.handoff_safe()).map(|(pod, _)| pod.clone()).collect()
+    v.attachment_pods
+        .iter()
+        .filter(|(_, a)| a.superseded && a.handoff == HandoffReason::SoleBacker)
+        .map(|(pod, _)| pod.clone())
+        .collect()
 }
 
 /// `pod_name` says a pod the way a person knows it (its name in cluster mode, else its UID).

@@ -25,6 +25,9 @@ pub struct Report {
     pub attachment_pods: Vec<AttachmentPodReport>,
     /// Entries in the watched tree that do not fit the layout and were passed over.
     pub skipped: Vec<SkippedReport>,
+    /// Cluster mode: pod directories the API does not confirm as this node's launcher or
+    /// attachment pods (UIDs). They decide nothing.
+    pub unconfirmed: Vec<PodUid>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -51,7 +54,12 @@ pub struct VolumeReport {
 pub struct AttachmentPodReport {
     pub pod_uid: PodUid,
     pub volumes: Vec<String>,
+    /// `handoff == "True"`: deleting it now orphans no launcher device.
     pub handoff_safe: bool,
+    /// The HandoffSafe condition's status: "True", "False" or "Unknown".
+    pub handoff: &'static str,
+    /// Its reason (docs/design.md lists them).
+    pub handoff_reason: &'static str,
     /// Another attachment pod of the same launcher may replace this one (see
     /// `AttachmentVerdict::superseded`).
     pub superseded: bool,
@@ -108,6 +116,8 @@ impl Report {
                     pod_uid: uid.clone(),
                     volumes: a.volumes.iter().cloned().collect(),
                     handoff_safe: a.handoff_safe(),
+                    handoff: a.handoff.status().as_str(),
+                    handoff_reason: a.handoff.as_str(),
                     superseded: a.superseded,
                     launcher_pod_uid: a.launcher.clone(),
                     sole_backer_of: a.sole_backer_of.iter().map(|k| format!("{}/{}", k.launcher, k.volume)).collect(),
@@ -121,7 +131,7 @@ impl Report {
             .iter()
             .map(|s| SkippedReport { path: s.path.to_string_lossy().into_owned(), reason: s.reason.to_string() })
             .collect();
-        Report { volumes, attachment_pods, skipped }
+        Report { volumes, attachment_pods, skipped, unconfirmed: verdicts.unconfirmed.iter().cloned().collect() }
     }
 
     pub fn to_json(&self) -> String {
@@ -161,10 +171,9 @@ impl Report {
                     .as_deref()
                     .map_or("?".into(), |l| launcher_names.get(l).cloned().unwrap_or_else(|| esc(l))),
                 list(&a.volumes),
-                if a.handoff_safe {
-                    "yes".into()
-                } else {
-                    {
+                match a.handoff {
+                    "True" => format!("yes ({})", a.handoff_reason),
+                    "False" => {
                         // `<launcher uid>/<volume>`: the launcher is in its own column.
                         let volumes: Vec<String> = a
                             .sole_backer_of
@@ -173,11 +182,22 @@ impl Report {
                             .collect();
                         format!("NO: alone serves {}", list(&volumes))
                     }
+                    _ => format!("UNKNOWN: {}", a.handoff_reason),
                 },
             ]);
         }
         out.push('\n');
         out.push_str(&table(&rows));
+        if !self.unconfirmed.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nUNCONFIRMED ({}): pod directories the API does not confirm; they decide nothing",
+                self.unconfirmed.len()
+            );
+            for uid in &self.unconfirmed {
+                let _ = writeln!(out, "  {}", esc(uid));
+            }
+        }
         if !self.skipped.is_empty() {
             let _ = writeln!(out, "\nSKIPPED ({}):", self.skipped.len());
             for s in &self.skipped {

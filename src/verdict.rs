@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::device::DevNum;
-use crate::inventory::Inventory;
+use crate::inventory::{Finished, Inventory};
 use crate::layout::{LauncherEntry, MountSite, PodDisks, PodUid};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -91,14 +91,121 @@ impl VolumeVerdict {
     }
 }
 
+/// Whether deleting an attachment pod now is safe, and why: the value of its
+/// `hotplug-watchdog.io/HandoffSafe` condition. `True` only on positive evidence; any
+/// doubt is `Unknown`, never a guess.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum HandoffReason {
+    // True: nothing this pod serves would be lost.
+    /// Every launcher device this pod serves is also served by a pod that stays.
+    DevicesServedElsewhere,
+    /// The launcher uses none of this pod's devices.
+    NoDeviceInUse,
+    /// The VMI is Succeeded or Failed.
+    VmiFinal,
+    /// The launcher pod is Succeeded, Failed, being deleted, or its hotplug directory is
+    /// gone from the node.
+    LauncherGone,
+    /// A WaitForFirstConsumer trigger pod: it only gets a PVC bound, no VM uses it.
+    TriggerPod,
+    // False.
+    /// Only this pod serves a device the VM uses: deleting it tears the disk down.
+    SoleBacker,
+    // Unknown: the agent cannot tell.
+    /// The pod's own directory could not be read (EACCES, EMFILE, EIO, ...).
+    DirectoryUnreadable,
+    /// The launcher's directory could not be read, or is not shaped like a launcher's.
+    LauncherUnreadable,
+    /// The API does not (yet) confirm the launcher this pod says it works for.
+    LauncherNotConfirmed,
+    /// A filesystem volume of the launcher has its image but no mount yet: which pod will
+    /// back it is not known.
+    FilesystemVolumePending,
+    /// The mount table does not show the kubelet root the agent reads: filesystem volumes
+    /// cannot be seen.
+    MountTableMismatch,
+    /// The API places the pod on this node, the node does not show its directory (yet).
+    NotOnNode,
+}
+
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl HandoffReason {
+    pub const ALL: [HandoffReason; 12] = [
+        HandoffReason::DevicesServedElsewhere,
+        HandoffReason::NoDeviceInUse,
+        HandoffReason::VmiFinal,
+        HandoffReason::LauncherGone,
+        HandoffReason::TriggerPod,
+        HandoffReason::SoleBacker,
+        HandoffReason::DirectoryUnreadable,
+        HandoffReason::LauncherUnreadable,
+        HandoffReason::LauncherNotConfirmed,
+        HandoffReason::FilesystemVolumePending,
+        HandoffReason::MountTableMismatch,
+        HandoffReason::NotOnNode,
+    ];
+
+    pub fn status(self) -> ConditionStatus {
+        use HandoffReason::*;
+        match self {
+            DevicesServedElsewhere | NoDeviceInUse | VmiFinal | LauncherGone | TriggerPod => ConditionStatus::True,
+            SoleBacker => ConditionStatus::False,
+            DirectoryUnreadable
+            | LauncherUnreadable
+            | LauncherNotConfirmed
+            | FilesystemVolumePending
+            | MountTableMismatch
+            | NotOnNode => ConditionStatus::Unknown,
+        }
+    }
+
+    /// The condition's reason (CamelCase, as Kubernetes conditions have them).
+    pub fn as_str(self) -> &'static str {
+        use HandoffReason::*;
+        match self {
+            DevicesServedElsewhere => "DevicesServedElsewhere",
+            NoDeviceInUse => "NoDeviceInUse",
+            VmiFinal => "VMIFinal",
+            LauncherGone => "LauncherGone",
+            TriggerPod => "TriggerPod",
+            SoleBacker => "SoleBacker",
+            DirectoryUnreadable => "DirectoryUnreadable",
+            LauncherUnreadable => "LauncherUnreadable",
+            LauncherNotConfirmed => "LauncherNotConfirmed",
+            FilesystemVolumePending => "FilesystemVolumePending",
+            MountTableMismatch => "MountTableMismatch",
+            NotOnNode => "NotOnNode",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachmentVerdict {
     /// Volume names this pod serves: its block volumes, and the launcher volumes its
     /// filesystem mounts back.
     pub volumes: BTreeSet<String>,
-    /// The launcher pod it works for, when known or inferable.
+    /// The launcher pod it works for: from the API in cluster mode; inferred in
+    /// standalone mode, when it can be.
     pub launcher: Option<PodUid>,
-    /// Launcher volumes whose device only this pod serves: deleting the pod orphans them.
+    /// Launcher volumes (still in the VMI's spec) whose device only this pod serves among
+    /// the pods that may stay: deleting the pod orphans them.
     pub sole_backer_of: BTreeSet<VolumeKey>,
     /// Another attachment pod of the same launcher may replace this one, so the controller
     /// may be about to delete it: where ages are known (cluster mode), a newer pod or one
@@ -107,11 +214,14 @@ pub struct AttachmentVerdict {
     /// What the pod's own nodes and mounts point at, and whether that device exists: its
     /// block volumes by name, its filesystem mounts by path under its volumes directory.
     pub devices: BTreeMap<String, (DevNum, bool)>,
+    /// Whether deleting it now is safe, and why.
+    pub handoff: HandoffReason,
 }
 
 impl AttachmentVerdict {
+    /// Safe on positive evidence only: `Unknown` is not safe.
     pub fn handoff_safe(&self) -> bool {
-        self.sole_backer_of.is_empty()
+        self.handoff.status() == ConditionStatus::True
     }
 }
 
@@ -119,6 +229,60 @@ impl AttachmentVerdict {
 pub struct Verdicts {
     pub volumes: BTreeMap<VolumeKey, VolumeVerdict>,
     pub attachment_pods: BTreeMap<PodUid, AttachmentVerdict>,
+    /// Cluster mode: pod directories with a hotplug-disks directory whose UID the API does
+    /// not confirm as a launcher or attachment pod on this node. They decide nothing.
+    pub unconfirmed: BTreeSet<PodUid>,
+    /// Roles came from the API (cluster mode, after the watches synced), not from
+    /// directories: only such verdicts may become conditions.
+    pub roles_from_api: bool,
+    /// A full scan of the node went into these verdicts.
+    pub full_scan: bool,
+}
+
+/// The role a pod directory plays in judging.
+enum Role<'a> {
+    Launcher { entries: Option<&'a BTreeMap<String, LauncherEntry>>, unreadable: bool },
+    Attachment { volumes: Option<&'a BTreeMap<String, DevNum>>, unreadable: bool },
+}
+
+/// Which pod directory plays which role. Cluster mode: the API says, and a directory the
+/// API does not confirm plays none. Standalone: the directory's shape says.
+fn roles(inv: &Inventory) -> (BTreeMap<&PodUid, Role<'_>>, BTreeSet<PodUid>) {
+    let mut roles = BTreeMap::new();
+    let mut unconfirmed = BTreeSet::new();
+    for (uid, fact) in inv.pod_facts() {
+        let unreadable = fact.unreadable.is_some();
+        let (launcher_entries, attachment_volumes) = match &fact.disks {
+            Some(PodDisks::Launcher(e)) => (Some(e), None),
+            Some(PodDisks::Attachment(v)) => (None, Some(v)),
+            None => (None, None),
+        };
+        let role = match inv.cluster() {
+            Some(api) if api.launchers.contains_key(uid) => {
+                // An attachment-shaped directory under a launcher is not what KubeVirt
+                // makes: its volumes cannot be known.
+                let odd = fact.disks.is_some() && launcher_entries.is_none();
+                Role::Launcher { entries: launcher_entries, unreadable: unreadable || odd }
+            }
+            // A directory without a socket or block volumes yet is an attachment pod being
+            // set up: it serves nothing so far. Launcher-shaped entries in it are ignored.
+            Some(api) if api.attachment_pods.contains_key(uid) => {
+                Role::Attachment { volumes: attachment_volumes, unreadable }
+            }
+            Some(_) => {
+                unconfirmed.insert(uid.clone());
+                continue;
+            }
+            None => match (launcher_entries, attachment_volumes) {
+                (Some(e), _) => Role::Launcher { entries: Some(e), unreadable },
+                (_, Some(v)) => Role::Attachment { volumes: Some(v), unreadable },
+                // Never read whole, role unknown: the skip entry says so.
+                (None, None) => continue,
+            },
+        };
+        roles.insert(uid, role);
+    }
+    (roles, unconfirmed)
 }
 
 /// Which attachment pods serve which device, and what each serves.
@@ -127,11 +291,14 @@ struct Served<'a> {
     block_volumes: BTreeMap<&'a PodUid, &'a BTreeMap<String, DevNum>>,
 }
 
+static NO_VOLUMES: BTreeMap<String, DevNum> = BTreeMap::new();
+
 impl<'a> Served<'a> {
-    fn collect(inv: &'a Inventory) -> Self {
+    fn collect(inv: &'a Inventory, roles: &BTreeMap<&'a PodUid, Role<'a>>) -> Self {
         let mut served = Served { by_device: BTreeMap::new(), block_volumes: BTreeMap::new() };
-        for (uid, disks) in inv.pods() {
-            if let PodDisks::Attachment(vols) = disks {
+        for (&uid, role) in roles {
+            if let Role::Attachment { volumes, .. } = role {
+                let vols = volumes.unwrap_or(&NO_VOLUMES);
                 served.block_volumes.insert(uid, vols);
                 for dev in vols.values() {
                     served.by_device.entry(*dev).or_default().insert(uid);
@@ -150,22 +317,63 @@ impl<'a> Served<'a> {
         served
     }
 
-    fn backers(&self, dev: DevNum) -> BTreeSet<PodUid> {
-        self.by_device.get(&dev).map(|s| s.iter().map(|u| (*u).clone()).collect()).unwrap_or_default()
+    fn backers(&self, dev: DevNum) -> impl Iterator<Item = &'a PodUid> + '_ {
+        self.by_device.get(&dev).into_iter().flatten().copied()
     }
 }
 
 pub fn judge(inv: &Inventory) -> Verdicts {
-    let served = Served::collect(inv);
-    let mut verdicts = Verdicts::default();
-    let mut launchers: BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>> = BTreeMap::new();
+    let (roles, unconfirmed) = roles(inv);
+    let served = Served::collect(inv, &roles);
+    let api = inv.cluster();
+    let mut verdicts =
+        Verdicts { unconfirmed, roles_from_api: api.is_some(), full_scan: inv.has_full_scan(), ..Default::default() };
+    let launchers: BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>> = roles
+        .iter()
+        .filter_map(|(&uid, r)| match r {
+            Role::Launcher { entries, .. } => Some((uid, entries.unwrap_or(&NO_ENTRIES))),
+            Role::Attachment { .. } => None,
+        })
+        .collect();
 
-    for (uid, disks) in inv.pods() {
-        let PodDisks::Launcher(entries) = disks else {
-            continue;
-        };
-        launchers.insert(uid, entries);
-        for (volume, entry) in entries {
+    // Attachment pod -> the launcher it works for. The API's word in cluster mode, where
+    // nothing is inferred; in standalone mode the launcher that already uses one of its
+    // devices, else the only launcher on the node.
+    let mut first_user: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
+    if api.is_none() {
+        for (&launcher, entries) in &launchers {
+            for entry in entries.values() {
+                let device = match entry {
+                    LauncherEntry::Block(d) => Some(*d),
+                    _ => None,
+                };
+                for pod in device.into_iter().flat_map(|d| served.backers(d)) {
+                    first_user.entry(pod).or_insert(launcher);
+                }
+            }
+        }
+    }
+    let owners: BTreeMap<&PodUid, Option<PodUid>> = served
+        .block_volumes
+        .keys()
+        .map(|&pod| {
+            let owner = match api {
+                Some(_) => inv.owner_of(pod).cloned(),
+                None => {
+                    first_user.get(pod).map(|l| (*l).clone()).or_else(|| match launchers.keys().collect::<Vec<_>>()[..]
+                    {
+                        [only] => Some((*only).clone()),
+                        _ => None,
+                    })
+                }
+            };
+            (pod, owner)
+        })
+        .collect();
+
+    let mut pending_filesystem: BTreeSet<&PodUid> = BTreeSet::new();
+    for (&uid, entries) in &launchers {
+        for (volume, entry) in entries.iter() {
             let (mode, device) = match entry {
                 LauncherEntry::Block(dev) => (VolumeMode::Block, Some(*dev)),
                 LauncherEntry::Image => {
@@ -174,7 +382,15 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                 }
                 LauncherEntry::Directory => continue,
             };
-            let backing_pods = device.map(|d| served.backers(d)).unwrap_or_default();
+            // In cluster mode only the launcher's own attachment pods back its volumes: a
+            // pod of another VM (or one the API does not confirm) serving the same number
+            // is no backing it can count on.
+            let backing_pods: BTreeSet<PodUid> = device
+                .into_iter()
+                .flat_map(|d| served.backers(d))
+                .filter(|b| api.is_none() || owners.get(b).is_some_and(|o| o.as_ref() == Some(uid)))
+                .cloned()
+                .collect();
             let replaced = |d: DevNum| {
                 let (then, now) = (inv.remembered(uid, volume, d), inv.identity(d));
                 then.is_some() && now.is_some() && then != now
@@ -187,23 +403,20 @@ pub fn judge(inv: &Inventory) -> Verdicts {
                 Some(_) => VolumeState::Ready,
             };
             let in_spec = inv.in_spec(uid, volume);
+            if mode == VolumeMode::Filesystem && state == VolumeState::Pending && in_spec != Some(false) {
+                pending_filesystem.insert(uid);
+            }
             let key = VolumeKey { launcher: uid.clone(), volume: volume.clone() };
             verdicts.volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods, in_spec });
         }
     }
 
-    // Indexes over the volumes, built once, so that judging stays linear in the size of the
-    // node (thousands of volumes are re-judged on every batch of events).
-    // Attachment pod -> the volumes it backs, and -> the first launcher (in volume order)
-    // that uses one of its devices.
+    // Attachment pod -> the volumes it backs (an index, so that judging stays linear in
+    // the size of the node: thousands of volumes are re-judged on every batch).
     let mut backs: BTreeMap<&PodUid, Vec<(&VolumeKey, &VolumeVerdict)>> = BTreeMap::new();
-    let mut first_user: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
     for (key, v) in &verdicts.volumes {
         for pod in &v.backing_pods {
             backs.entry(pod).or_default().push((key, v));
-        }
-        for pod in v.device.and_then(|d| served.by_device.get(&d)).into_iter().flatten() {
-            first_user.entry(pod).or_insert(&key.launcher);
         }
     }
     // Attachment pod -> what its PVC mounts under its own directory point at.
@@ -214,13 +427,10 @@ pub fn judge(inv: &Inventory) -> Verdicts {
         }
     }
 
-    let owners: BTreeMap<&PodUid, Option<PodUid>> =
-        served.block_volumes.keys().map(|&pod| (pod, owner(inv, pod, &first_user, &launchers))).collect();
     // Where cluster mode knows the pods' ages, the newest attachment pod of each launcher
     // is the one KubeVirt keeps ("current"); it deletes all others at once. Creation times
-    // have whole seconds: pods created in the same second are all candidates, and which
-    // one stays is not known, so each counts as possibly deleted (superseded) and only
-    // the candidates can take over from one another.
+    // have whole seconds: pods created in the same second are all candidates, which one
+    // stays is not known, so each counts as possibly deleted (superseded).
     let mut newest: BTreeMap<&PodUid, (i64, BTreeSet<&PodUid>)> = BTreeMap::new();
     for (&pod, launcher) in &owners {
         if let (Some(l), Some(t)) = (launcher, inv.created(pod)) {
@@ -236,37 +446,48 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     let mut attachment_pods = BTreeMap::new();
     for (&pod, block_volumes) in &served.block_volumes {
         let launcher = owners[pod].clone();
-        // Who can take over from this pod: for an old pod, only the current one (two old
-        // pods must not vouch for each other and both go); for the current pod, or where
-        // ages are unknown, any other pod serving the device.
         let candidates = launcher.as_ref().and_then(|l| newest.get(l)).map(|(_, pods)| pods);
         let sole_current = candidates.is_some_and(|c| c.len() == 1 && c.contains(pod));
-        let current = candidates.filter(|_| inv.age_known(pod) && !sole_current);
-        let takes_over = |b: &PodUid| current.is_none_or(|c| c.contains(b));
         let superseded = match (&launcher, inv.age_known(pod)) {
             (Some(_), true) => !sole_current,
             (Some(l), false) => owners.iter().any(|(&other, o)| other != pod && o.as_ref() == Some(l)),
             (None, _) => false,
+        };
+        // Who must serve a device for this pod to go: the pods that stay. KubeVirt keeps
+        // exactly one of the candidates (which one, when several were created in the same
+        // second, is not known) and deletes every other pod. So for an old pod, or one of
+        // several candidates, every *other* candidate must serve it: two pods that may
+        // both go never vouch for each other. For the sole current pod (never deleted by
+        // this cleanup) or where ages are unknown, any other pod serving it will do.
+        let must_serve: Option<Vec<&PodUid>> = candidates
+            .filter(|_| inv.age_known(pod) && !sole_current)
+            .map(|c| c.iter().copied().filter(|c| *c != pod).collect());
+        let stays_served = |v: &VolumeVerdict| match &must_serve {
+            Some(stay) => !stay.is_empty() && stay.iter().all(|s| v.backing_pods.contains(*s)),
+            None => v.backing_pods.iter().any(|b| b != pod),
         };
         let mut devices: BTreeMap<String, (DevNum, bool)> =
             block_volumes.iter().map(|(v, d)| (v.clone(), (*d, inv.device_present(*d)))).collect();
         for (path, dev) in pod_mounts.get(pod).into_iter().flatten() {
             devices.insert((*path).clone(), (*dev, inv.device_present(*dev)));
         }
-        let mut att = AttachmentVerdict {
-            volumes: block_volumes.keys().cloned().collect(),
-            launcher: launcher.clone(),
-            sole_backer_of: BTreeSet::new(),
-            superseded,
-            devices,
-        };
+        let mut volumes: BTreeSet<String> = block_volumes.keys().cloned().collect();
+        let mut sole_backer_of = BTreeSet::new();
+        let mut in_use = false;
         for (key, v) in backs.get(pod).into_iter().flatten() {
-            att.volumes.insert(key.volume.clone());
-            if !v.backing_pods.iter().any(|b| b != pod && takes_over(b)) {
-                att.sole_backer_of.insert((*key).clone());
+            volumes.insert(key.volume.clone());
+            // A volume that left the spec is being unplugged: losing it is expected.
+            if v.in_spec == Some(false) {
+                continue;
+            }
+            in_use = true;
+            if !stays_served(v) {
+                sole_backer_of.insert((*key).clone());
             }
         }
-        attachment_pods.insert(pod.clone(), att);
+        let handoff = handoff(inv, pod, launcher.as_ref(), &pending_filesystem, &roles, &sole_backer_of, in_use);
+        attachment_pods
+            .insert(pod.clone(), AttachmentVerdict { volumes, launcher, sole_backer_of, superseded, devices, handoff });
     }
     verdicts.attachment_pods = attachment_pods;
 
@@ -300,24 +521,56 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     verdicts
 }
 
-/// The launcher pod an attachment pod works for: what cluster mode says (its controller
-/// ownerReference); else the launcher that already uses one of its devices; else the only
-/// launcher on the node. With several launchers and no device in use yet it is unknown.
-fn owner(
+static NO_ENTRIES: BTreeMap<String, LauncherEntry> = BTreeMap::new();
+
+/// Whether deleting `pod` now is safe. First what makes protection moot (nothing of the
+/// VM is left to lose), then every doubt (each one `Unknown`), and only then the devices.
+fn handoff(
     inv: &Inventory,
     pod: &PodUid,
-    first_user: &BTreeMap<&PodUid, &PodUid>,
-    launchers: &BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>>,
-) -> Option<PodUid> {
-    if let Some(l) = inv.owner_of(pod) {
-        return Some(l.clone());
+    launcher: Option<&PodUid>,
+    pending_filesystem: &BTreeSet<&PodUid>,
+    roles: &BTreeMap<&PodUid, Role<'_>>,
+    sole_backer_of: &BTreeSet<VolumeKey>,
+    in_use: bool,
+) -> HandoffReason {
+    use HandoffReason::*;
+    if let Some(api) = inv.cluster() {
+        let Some(launcher) = launcher else { return LauncherNotConfirmed };
+        if api.attachment_pods.get(pod).is_some_and(|a| a.trigger) {
+            return TriggerPod;
+        }
+        match api.launchers.get(launcher).and_then(|l| l.finished) {
+            Some(Finished::VmiFinal) => return VmiFinal,
+            Some(Finished::LauncherDone) => return LauncherGone,
+            None => {}
+        }
+        // No hotplug directory of the launcher on the node: nothing of it is in use.
+        if inv.pod_gone(launcher) {
+            return LauncherGone;
+        }
+        if !api.launchers.contains_key(launcher) {
+            return LauncherNotConfirmed;
+        }
     }
-    if let Some(l) = first_user.get(pod) {
-        return Some((*l).clone());
+    if let Some(Role::Launcher { unreadable: true, .. }) = launcher.and_then(|l| roles.get(l)) {
+        return LauncherUnreadable;
     }
-    match launchers.keys().collect::<Vec<_>>().as_slice() {
-        [only] => Some((**only).clone()),
-        _ => None,
+    if let Some(Role::Attachment { unreadable: true, .. }) = roles.get(pod) {
+        return DirectoryUnreadable;
+    }
+    if inv.mount_view_mismatch() {
+        return MountTableMismatch;
+    }
+    if launcher.is_some_and(|l| pending_filesystem.contains(l)) {
+        return FilesystemVolumePending;
+    }
+    if !sole_backer_of.is_empty() {
+        SoleBacker
+    } else if in_use {
+        DevicesServedElsewhere
+    } else {
+        NoDeviceInUse
     }
 }
 
@@ -333,8 +586,8 @@ pub struct VolumeTransition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandoffTransition {
     pub pod: PodUid,
-    pub from: Option<bool>,
-    pub to: Option<bool>,
+    pub from: Option<HandoffReason>,
+    pub to: Option<HandoffReason>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -364,8 +617,8 @@ pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
     }
     let pods: BTreeSet<&PodUid> = old.attachment_pods.keys().chain(new.attachment_pods.keys()).collect();
     for pod in pods {
-        let from = old.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
-        let to = new.attachment_pods.get(pod).map(AttachmentVerdict::handoff_safe);
+        let from = old.attachment_pods.get(pod).map(|a| a.handoff);
+        let to = new.attachment_pods.get(pod).map(|a| a.handoff);
         if from != to {
             out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
         }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use crate::layout::PodUid;
-use crate::verdict::Verdicts;
+use crate::verdict::{AttachmentVerdict, HandoffReason, Verdicts};
 
 pub const CONDITION_PREFIX: &str = "hotplug-watchdog.io/";
 /// Every volume this pod serves has its device on the node.
@@ -31,73 +31,101 @@ pub struct Desired {
     pub message: String,
 }
 
-fn tf(ok: bool) -> &'static str {
-    if ok {
-        "True"
-    } else {
-        "False"
+/// What the conditions of each attachment pod should say; `None` when the verdicts may not
+/// speak for the cluster yet: before the first full scan of the node, and while roles are
+/// not the API's (the watches have not synced): then no condition is written at all.
+/// `api_pods` are the attachment pods the API confirms on this node (UID -> name); a pod
+/// the API knows but the node does not show (yet) gets `Unknown`, never a guess.
+pub fn desired(verdicts: &Verdicts, api_pods: &BTreeMap<PodUid, String>) -> Option<BTreeMap<PodUid, Vec<Desired>>> {
+    if !(verdicts.full_scan && verdicts.roles_from_api) {
+        return None;
     }
-}
-
-/// What the conditions of each attachment pod should say. `api_pods` are the attachment
-/// pods the API server places on this node (UID -> name for messages); a pod the API knows
-/// but the node does not show (yet) gets `Unknown`, never a guess.
-pub fn desired(verdicts: &Verdicts, api_pods: &BTreeMap<PodUid, String>) -> BTreeMap<PodUid, Vec<Desired>> {
-    api_pods
+    let conditions = api_pods
         .keys()
         .map(|uid| {
             let conds = match verdicts.attachment_pods.get(uid) {
                 None => {
                     let message = "the pod's hotplug-disks directory is not on the node (yet)".to_string();
+                    let reason = HandoffReason::NotOnNode.as_str();
                     vec![
-                        Desired { type_: DEVICES_PRESENT, status: "Unknown", reason: "NotOnNode", message: message.clone() },
-                        Desired { type_: HANDOFF_SAFE, status: "Unknown", reason: "NotOnNode", message },
+                        Desired { type_: DEVICES_PRESENT, status: "Unknown", reason, message: message.clone() },
+                        Desired { type_: HANDOFF_SAFE, status: "Unknown", reason, message },
                     ]
                 }
-                Some(a) => {
-                    let missing: Vec<String> =
-                        a.devices.iter().filter(|(_, (_, ok))| !ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
-                    let present: Vec<String> =
-                        a.devices.iter().filter(|(_, (_, ok))| *ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
-                    let devices = if missing.is_empty() {
-                        let message = if present.is_empty() {
-                            "the pod serves no device yet".to_string()
-                        } else {
-                            format!("present: {}", present.join(", "))
-                        };
-                        Desired { type_: DEVICES_PRESENT, status: "True", reason: "DevicesPresent", message }
-                    } else {
-                        Desired {
-                            type_: DEVICES_PRESENT,
-                            status: "False",
-                            reason: "DeviceMissing",
-                            message: format!("missing: {}", missing.join(", ")),
-                        }
-                    };
-                    let orphans: Vec<String> = a
-                        .sole_backer_of
-                        .iter()
-                        .map(|k| {
-                            let dev = verdicts.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
-                            format!("{} ({dev})", k.volume)
-                        })
-                        .collect();
-                    let handoff = Desired {
-                        type_: HANDOFF_SAFE,
-                        status: tf(a.handoff_safe()),
-                        reason: if a.handoff_safe() { "DevicesServedElsewhere" } else { "SoleBacker" },
-                        message: if a.handoff_safe() {
-                            "every launcher device this pod serves is also served by another attachment pod, or none is in use".into()
-                        } else {
-                            format!("only this pod serves the VM's {}: deleting it would tear the disk down", orphans.join(", "))
-                        },
-                    };
-                    vec![devices, handoff]
-                }
+                Some(a) => vec![devices_present(a), handoff_safe(verdicts, a)],
             };
             (uid.clone(), conds)
         })
-        .collect()
+        .collect();
+    Some(conditions)
+}
+
+fn devices_present(a: &AttachmentVerdict) -> Desired {
+    let missing: Vec<String> =
+        a.devices.iter().filter(|(_, (_, ok))| !ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
+    let present: Vec<String> =
+        a.devices.iter().filter(|(_, (_, ok))| *ok).map(|(v, (d, _))| format!("{v} ({d})")).collect();
+    if a.handoff == HandoffReason::DirectoryUnreadable {
+        let message = "the pod's hotplug-disks directory could not be read".to_string();
+        return Desired { type_: DEVICES_PRESENT, status: "Unknown", reason: "DirectoryUnreadable", message };
+    }
+    if missing.is_empty() {
+        let message = if present.is_empty() {
+            "the pod serves no device yet".to_string()
+        } else {
+            format!("present: {}", present.join(", "))
+        };
+        Desired { type_: DEVICES_PRESENT, status: "True", reason: "DevicesPresent", message }
+    } else {
+        Desired {
+            type_: DEVICES_PRESENT,
+            status: "False",
+            reason: "DeviceMissing",
+            message: format!("missing: {}", missing.join(", ")),
+        }
+    }
+}
+
+fn handoff_safe(verdicts: &Verdicts, a: &AttachmentVerdict) -> Desired {
+    use HandoffReason::*;
+    let message = match a.handoff {
+        DevicesServedElsewhere => {
+            "every launcher device this pod serves is also served by an attachment pod that stays".to_string()
+        }
+        NoDeviceInUse => "the VM uses none of this pod's devices".to_string(),
+        VmiFinal => "the VMI has finished: nothing of it is left to protect".to_string(),
+        LauncherGone => "the launcher pod has ended or is going: nothing of it is left to protect".to_string(),
+        TriggerPod => "a WaitForFirstConsumer trigger pod: no VM uses it".to_string(),
+        SoleBacker => {
+            let orphans: Vec<String> = a
+                .sole_backer_of
+                .iter()
+                .map(|k| {
+                    let dev = verdicts.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
+                    format!("{} ({dev})", k.volume)
+                })
+                .collect();
+            format!("only this pod serves the VM's {}: deleting it would tear the disk down", orphans.join(", "))
+        }
+        DirectoryUnreadable => {
+            "the pod's hotplug-disks directory could not be read: what it serves is not known".into()
+        }
+        LauncherUnreadable => {
+            "the launcher's hotplug-disks directory could not be read: what the VM uses is not known".into()
+        }
+        LauncherNotConfirmed => {
+            "the API does not show this pod's launcher on the node (yet): what it serves is not known".into()
+        }
+        FilesystemVolumePending => {
+            "a filesystem volume of the VM is not mounted yet: which pod will back it is not known".into()
+        }
+        MountTableMismatch => {
+            "the agent's mount table does not show the kubelet directory it reads: filesystem volumes cannot be seen"
+                .into()
+        }
+        NotOnNode => "the pod's hotplug-disks directory is not on the node (yet)".into(),
+    };
+    Desired { type_: HANDOFF_SAFE, status: a.handoff.status().as_str(), reason: a.handoff.as_str(), message }
 }
 
 /// The strategic merge patch for `pods/status` that makes `pod` carry `desired`, or `None`
@@ -136,7 +164,7 @@ pub fn patch(pod: &Pod, desired: &[Desired], now: &Time) -> Option<serde_json::V
 mod tests {
     use super::*;
     use crate::device::DevNum;
-    use crate::inventory::{FullScan, Inventory, Observation};
+    use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, FullScan, Inventory, Observation};
     use crate::layout::{LauncherEntry, PodDisks};
     use crate::verdict::judge;
     use std::collections::BTreeSet;
@@ -155,6 +183,11 @@ mod tests {
             mounts: BTreeMap::new(),
             ..Default::default()
         }));
+        let attachment = |created| ApiAttachment { launcher: "L".into(), created, trigger: false };
+        inv.apply(Observation::Cluster(ClusterFacts {
+            launchers: BTreeMap::from([("L".into(), ApiLauncher::default())]),
+            attachment_pods: BTreeMap::from([("old".into(), attachment(100)), ("new".into(), attachment(200))]),
+        }));
         judge(&inv)
     }
 
@@ -167,19 +200,30 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_written_before_a_full_scan_and_api_roles() {
+        let mut v = verdicts(1, &[1]);
+        assert!(desired(&v, &api_pods()).is_some());
+        v.roles_from_api = false;
+        assert_eq!(desired(&v, &api_pods()), None, "roles inferred from directories never become conditions");
+        v.roles_from_api = true;
+        v.full_scan = false;
+        assert_eq!(desired(&v, &api_pods()), None, "no condition before the first full scan");
+    }
+
+    #[test]
     fn conditions_follow_the_verdicts() {
-        let same = desired(&verdicts(1, &[1]), &api_pods());
+        let same = desired(&verdicts(1, &[1]), &api_pods()).unwrap();
         assert_eq!(status_of(&same, "old", HANDOFF_SAFE).status, "True");
         assert_eq!(status_of(&same, "old", DEVICES_PRESENT).status, "True");
         assert_eq!(status_of(&same, "old", DEVICES_PRESENT).message, "present: disk1 (7:1)");
 
-        let fresh = desired(&verdicts(2, &[1, 2]), &api_pods());
+        let fresh = desired(&verdicts(2, &[1, 2]), &api_pods()).unwrap();
         let h = status_of(&fresh, "old", HANDOFF_SAFE);
         assert_eq!((h.status, h.reason), ("False", "SoleBacker"));
         assert!(h.message.contains("disk1 (7:1)"), "{}", h.message);
         assert_eq!(status_of(&fresh, "new", HANDOFF_SAFE).status, "True");
 
-        let lost = desired(&verdicts(2, &[2]), &api_pods());
+        let lost = desired(&verdicts(2, &[2]), &api_pods()).unwrap();
         let p = status_of(&lost, "old", DEVICES_PRESENT);
         assert_eq!((p.status, p.message.as_str()), ("False", "missing: disk1 (7:1)"));
 

@@ -217,12 +217,13 @@ pub async fn watch(
             () = flush => {
                 flush_at = None;
                 if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
-                    let desired = conditions::desired(v, &view.attachment_pods);
                     let launchers = view.vmis.iter().map(|(launcher, vmi)| (vmi.uid.clone(), launcher.clone())).collect();
-                    let again = [
-                        conditions.flush(&pods.by_uid, &desired).await,
-                        volume_status.flush(&vmis.by_uid, &launchers, v).await,
-                    ];
+                    // No condition before the first full scan and a view from synced watches.
+                    let written = match conditions::desired(v, &view.attachment_pods) {
+                        Some(desired) => conditions.flush(&pods.by_uid, &desired).await,
+                        None => None,
+                    };
+                    let again = [written, volume_status.flush(&vmis.by_uid, &launchers, v).await];
                     flush_at = again.into_iter().flatten().min().map(Into::into);
                 }
                 continue;

@@ -226,7 +226,7 @@ impl TreeWatcher {
                 let seq = self.clock.next();
                 let scan = self.layout.scan_pod(&uid);
                 let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
-                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks });
+                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks, unreadable: scan.unreadable });
                 let msg = Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped };
                 if self.send(msg).is_err() {
                     return Ok(Some(Hangup));

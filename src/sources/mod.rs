@@ -146,12 +146,18 @@ pub enum ReadError {
 pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
     let layout = paths.layout();
     let (uids, mut skipped) = layout.list_pods()?;
-    let mut pods = std::collections::BTreeMap::new();
+    let (mut pods, mut unreadable) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     for uid in uids {
         let mut pod = layout.scan_pod(&uid);
         skipped.append(&mut pod.skipped);
-        if let Some(disks) = pod.disks {
-            pods.insert(uid, disks);
+        match (pod.disks, pod.unreadable) {
+            (disks, Some(errno)) => {
+                unreadable.insert(uid, (disks, errno));
+            }
+            (Some(disks), None) => {
+                pods.insert(uid, disks);
+            }
+            (None, None) => {}
         }
     }
     let devices = sysfs::list_block_devices(&paths.sysfs)
@@ -159,5 +165,9 @@ pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
     let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
         .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
     let identities = sysfs::identities(&paths.sysfs, &devices);
-    Ok(NodeRead { scan: FullScan { seq, pods, devices, identities, mounts }, skipped, malformed_mount_lines })
+    Ok(NodeRead {
+        scan: FullScan { seq, pods, unreadable, devices, identities, mounts },
+        skipped,
+        malformed_mount_lines,
+    })
 }

@@ -38,6 +38,40 @@ fn relevant(text: &[u8], mount_root: &Path) -> (BTreeMap<MountSite, DevNum>, usi
     (out, parsed.malformed_lines)
 }
 
+/// Checks that the mount table names the kubelet root the agent reads: `mountinfo`'s
+/// namespace and the agent's own must resolve `mountinfo_kubelet_root` and `kubelet_root`
+/// to the same directory of the same filesystem. When they do not (a distribution that
+/// keeps the kubelet elsewhere than the DaemonSet says, a wrong `--mountinfo-kubelet-root`),
+/// no filesystem volume's mount is ever seen, and no verdict may rest on their absence.
+pub fn check_view(paths: &NodePaths) -> Result<(), String> {
+    let read = |p: &Path| -> Result<Vec<mountinfo::Mount>, String> {
+        let mut text = Vec::new();
+        File::open(p)
+            .and_then(|mut f| f.read_to_end(&mut text))
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        Ok(mountinfo::parse(&text).mounts)
+    };
+    let own_root = std::fs::canonicalize(&paths.kubelet_root)
+        .map_err(|e| format!("cannot resolve the kubelet root {}: {e}", paths.kubelet_root.display()))?;
+    let theirs = mountinfo::resolve(&read(&paths.mountinfo)?, &paths.mountinfo_kubelet_root);
+    let ours = mountinfo::resolve(&read(Path::new("/proc/self/mountinfo"))?, &own_root);
+    match (theirs, ours) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (theirs, ours) => Err(format!(
+            "the mount table {} does not show the kubelet root this agent reads: {} there is {}, {} here is {}; filesystem volumes cannot be seen and no attachment pod is judged handoff-safe (set --mountinfo-kubelet-root to the host path of --kubelet-root)",
+            paths.mountinfo.display(),
+            paths.mountinfo_kubelet_root.display(),
+            describe(theirs),
+            own_root.display(),
+            describe(ours),
+        )),
+    }
+}
+
+fn describe(at: Option<(DevNum, std::path::PathBuf)>) -> String {
+    at.map_or("not covered by any mount".into(), |(dev, path)| format!("{} on device {dev}", path.display()))
+}
+
 /// Opens the mount table now, so that a wrong path is a start-up error, and follows it on
 /// a thread.
 pub fn spawn(

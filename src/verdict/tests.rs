@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use nix::errno::Errno;
 use proptest::prelude::*;
 
 use super::*;
-use crate::inventory::{ClusterFacts, FullScan, Observation, Seq};
+use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, Finished, FullScan, Observation, Seq};
 
 const L1: &str = "launcher-1";
 const L2: &str = "launcher-2";
@@ -56,6 +57,26 @@ impl World {
         let mut inv = Inventory::default();
         inv.apply(Observation::FullScan(self.scan(1)));
         judge(&inv)
+    }
+}
+
+/// What the API says: launchers (with their VMI's spec volumes, when known) and attachment
+/// pods (launcher, creation second).
+fn api(launchers: &[(&str, Option<&[&str]>)], attachments: &[(&str, &str, i64)]) -> ClusterFacts {
+    ClusterFacts {
+        launchers: launchers
+            .iter()
+            .map(|(l, spec)| {
+                let spec_volumes = spec.map(|v| v.iter().map(|s| s.to_string()).collect());
+                (l.to_string(), ApiLauncher { spec_volumes, finished: None })
+            })
+            .collect(),
+        attachment_pods: attachments
+            .iter()
+            .map(|(a, l, created)| {
+                (a.to_string(), ApiAttachment { launcher: l.to_string(), created: *created, trigger: false })
+            })
+            .collect(),
     }
 }
 
@@ -171,11 +192,7 @@ fn owner_is_unknown_with_several_launchers_until_cluster_mode_says() {
 
     let mut inv = Inventory::default();
     inv.apply(Observation::FullScan(w.scan(1)));
-    inv.apply(Observation::Cluster(ClusterFacts {
-        owners: BTreeMap::from([(A1.to_string(), L2.to_string())]),
-        spec_volumes: BTreeMap::from([(L2.to_string(), BTreeSet::from(["disk1".to_string()]))]),
-        ..Default::default()
-    }));
+    inv.apply(Observation::Cluster(api(&[(L1, None), (L2, Some(&["disk1"]))], &[(A1, L2, 100)])));
     let v = judge(&inv);
     assert_eq!(state(&v, L2, "disk1"), VolumeState::Pending);
     assert_eq!(v.volumes[&key(L2, "disk1")].in_spec, Some(true));
@@ -190,11 +207,7 @@ fn a_volume_that_left_the_spec_is_no_alarm() {
     inv.apply(Observation::FullScan(w.scan(1)));
     let standalone = judge(&inv);
     assert!(standalone.volumes.values().all(|v| v.in_spec.is_none() && v.is_alarm()), "unknown spec: alarm");
-    inv.apply(Observation::Cluster(ClusterFacts {
-        owners: BTreeMap::new(),
-        spec_volumes: BTreeMap::from([(L1.to_string(), BTreeSet::from(["kept".to_string()]))]),
-        ..Default::default()
-    }));
+    inv.apply(Observation::Cluster(api(&[(L1, Some(&["kept"]))], &[])));
     let v = judge(&inv);
     assert_eq!(state(&v, L1, "unplugged"), VolumeState::Vanished);
     assert!(!v.volumes[&key(L1, "unplugged")].is_alarm(), "unplug in progress");
@@ -362,7 +375,7 @@ impl World {
     /// The observation a source sends after `touched` changed: it reads the current state.
     fn observe(&self, touched: Touched, seq: Seq) -> Observation {
         match touched {
-            Touched::Pod(uid) => Observation::Pod { seq, disks: self.pods.get(&uid).cloned(), uid },
+            Touched::Pod(uid) => Observation::Pod { seq, disks: self.pods.get(&uid).cloned(), uid, unreadable: None },
             Touched::Device(dev) => {
                 Observation::Device { seq, device: dev, present: self.devices.contains(&dev), identity: None }
             }
@@ -426,7 +439,13 @@ proptest! {
         let v = world.judge();
         for (pod, att) in &v.attachment_pods {
             let orphaned = v.volumes.values().any(|vol| vol.device.is_some() && vol.backing_pods.len() == 1 && vol.backing_pods.contains(pod));
-            prop_assert_eq!(att.handoff_safe(), !orphaned);
+            // A filesystem volume of its launcher waiting for its mount: who will back it
+            // is not known, so nothing is safe (Unknown) until it is mounted.
+            let pending_fs = v.volumes.iter().any(|(k, vol)| {
+                Some(&k.launcher) == att.launcher.as_ref() && vol.mode == VolumeMode::Filesystem && vol.state == VolumeState::Pending
+            });
+            prop_assert_eq!(att.handoff_safe(), !orphaned && !pending_fs);
+            prop_assert_eq!(att.handoff == HandoffReason::FilesystemVolumePending, pending_fs && att.launcher.is_some());
         }
     }
 }
@@ -474,10 +493,7 @@ fn two_old_pods_cannot_vouch_for_each_other() {
     assert!(safe(&v, "old1") && safe(&v, "old2"));
     // With ages (cluster mode), only the current pod can take over, and it serves another
     // device: KubeVirt would delete both old pods at once, so neither is safe.
-    let ages = |old1, old2| ClusterFacts {
-        created: BTreeMap::from([("old1".into(), old1), ("old2".into(), old2), ("current".into(), 300)]),
-        ..Default::default()
-    };
+    let ages = |old1, old2| api(&[(L1, None)], &[("old1", L1, old1), ("old2", L1, old2), ("current", L1, 300)]);
     let mut inv = Inventory::default();
     inv.apply(Observation::FullScan(w.scan(1)));
     inv.apply(Observation::Cluster(ages(100, 200)));
@@ -517,19 +533,13 @@ fn only_pods_a_newer_one_replaces_are_superseded() {
     // With ages, only the old one; the current pod being the sole backer of disk2 is normal.
     let mut inv = Inventory::default();
     inv.apply(Observation::FullScan(w.scan(1)));
-    inv.apply(Observation::Cluster(ClusterFacts {
-        created: BTreeMap::from([("old".into(), 100), ("current".into(), 200)]),
-        ..Default::default()
-    }));
+    inv.apply(Observation::Cluster(api(&[(L1, None)], &[("old", L1, 100), ("current", L1, 200)])));
     let v = judge(&inv);
     assert!(superseded(&v, "old") && !superseded(&v, "current"));
     assert!(!safe(&v, "old") && !safe(&v, "current"));
     assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["old".to_string()]));
     // Created in the same second: which one KubeVirt keeps is not known, so both may go.
-    inv.apply(Observation::Cluster(ClusterFacts {
-        created: BTreeMap::from([("old".into(), 100), ("current".into(), 100)]),
-        ..Default::default()
-    }));
+    inv.apply(Observation::Cluster(api(&[(L1, None)], &[("old", L1, 100), ("current", L1, 100)])));
     let v = judge(&inv);
     assert!(superseded(&v, "old") && superseded(&v, "current"));
     assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["current".to_string(), "old".to_string()]));
@@ -539,4 +549,188 @@ fn only_pods_a_newer_one_replaces_are_superseded() {
         .attachment("old", &[("disk1", d(1))])
         .devices(&[d(1)]);
     assert!(!superseded(&lone.judge(), "old"));
+}
+
+fn handoff_of(v: &Verdicts, pod: &str) -> HandoffReason {
+    v.attachment_pods.get(pod).unwrap_or_else(|| panic!("no verdict for {pod}: {v:#?}")).handoff
+}
+
+/// A VM whose disk1 (7:1) only its attachment pod A1 serves.
+fn victim() -> World {
+    World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
+        .attachment(A1, &[("disk1", d(1))])
+        .devices(&[d(1)])
+}
+
+fn cluster_judge(w: &World, facts: ClusterFacts) -> Verdicts {
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(w.scan(1)));
+    inv.apply(Observation::Cluster(facts));
+    judge(&inv)
+}
+
+#[test]
+fn an_intruder_directory_never_vouches_in_cluster_mode() {
+    // Any pod can make a directory that looks like an attachment pod serving the victim's
+    // device (an emptyDir named hotplug-disks, hp.sock, mknod with the same number).
+    let w = victim().attachment("intruder", &[("disk1", d(1))]);
+    // Standalone mode infers from directories: the intruder vouches (a diagnostic only).
+    assert_eq!(handoff_of(&w.judge(), A1), HandoffReason::DevicesServedElsewhere);
+    // Cluster mode: the API does not confirm the intruder's UID; it decides nothing.
+    let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]));
+    assert_eq!(handoff_of(&v, A1), HandoffReason::SoleBacker);
+    assert_eq!(v.unconfirmed, BTreeSet::from(["intruder".to_string()]));
+    assert!(!v.attachment_pods.contains_key("intruder"));
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
+    // Confirmed as another VM's attachment pod (its own launcher, even a newer pod): it
+    // still backs nothing of this VM.
+    let w = w.launcher(L2, &[]);
+    let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"])), (L2, None)], &[(A1, L1, 100), ("intruder", L2, 200)]));
+    assert_eq!(handoff_of(&v, A1), HandoffReason::SoleBacker);
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
+    // A launcher directory the API does not confirm claims no volume either.
+    let w = victim().launcher("fake-launcher", &[("x", LauncherEntry::Block(d(1)))]);
+    let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]));
+    assert!(v.volumes.keys().all(|k| k.launcher == L1), "{v:#?}");
+    assert!(v.unconfirmed.contains("fake-launcher"));
+}
+
+#[test]
+fn a_launcher_the_api_does_not_confirm_leaves_its_pods_unknown() {
+    let v = cluster_judge(&victim(), api(&[], &[(A1, L1, 100)]));
+    assert_eq!(handoff_of(&v, A1), HandoffReason::LauncherNotConfirmed);
+    assert!(!v.attachment_pods[A1].handoff_safe());
+    assert!(v.volumes.is_empty(), "an unconfirmed launcher's volumes are not judged");
+}
+
+#[test]
+fn unreadable_directories_keep_what_was_read_and_are_unknown() {
+    let facts = api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]);
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(victim().scan(1)));
+    inv.apply(Observation::Cluster(facts));
+    assert_eq!(handoff_of(&judge(&inv), A1), HandoffReason::SoleBacker);
+    // The attachment pod's directory turns unreadable (EACCES, EMFILE, EIO): its volumes are
+    // not forgotten, and it is not judged safe.
+    inv.apply(Observation::Pod { seq: 2, uid: A1.into(), disks: None, unreadable: Some(Errno::EMFILE) });
+    let v = judge(&inv);
+    assert_eq!(handoff_of(&v, A1), HandoffReason::DirectoryUnreadable);
+    assert_eq!(v.attachment_pods[A1].volumes, BTreeSet::from(["disk1".to_string()]));
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
+    // Readable again: judged again.
+    inv.apply(Observation::Pod { seq: 3, uid: A1.into(), disks: victim().pods.get(A1).cloned(), unreadable: None });
+    assert_eq!(handoff_of(&judge(&inv), A1), HandoffReason::SoleBacker);
+    // The launcher's directory turns unreadable, even partly (an empty partial read):
+    // what the VM uses is not known; its volumes stay as last read.
+    let partial = Some(PodDisks::Launcher(BTreeMap::new()));
+    inv.apply(Observation::Pod { seq: 4, uid: L1.into(), disks: partial, unreadable: Some(Errno::EACCES) });
+    let v = judge(&inv);
+    assert_eq!(handoff_of(&v, A1), HandoffReason::LauncherUnreadable);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
+    // A full scan that cannot read the launcher keeps it too.
+    let mut scan = victim().scan(5);
+    scan.pods.remove(L1);
+    scan.unreadable.insert(L1.into(), (None, Errno::EIO));
+    inv.apply(Observation::FullScan(scan));
+    let v = judge(&inv);
+    assert_eq!(handoff_of(&v, A1), HandoffReason::LauncherUnreadable);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
+}
+
+#[test]
+fn doubts_about_filesystem_volumes_are_unknown() {
+    // disk1 is served and in use; fs1's image is there, its mount not yet.
+    let w = victim()
+        .attachment(A2, &[("disk1", d(1))])
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1))), ("fs1", LauncherEntry::Image)]);
+    let facts = api(&[(L1, Some(&["disk1", "fs1"]))], &[(A1, L1, 100), (A2, L1, 200)]);
+    let v = cluster_judge(&w, facts.clone());
+    assert_eq!(handoff_of(&v, A1), HandoffReason::FilesystemVolumePending);
+    // Mounted: judged by devices again (A2 serves disk1 too; fs1's mount is backed by A2).
+    let w = w
+        .mount(MountSite::LauncherImage { pod: L1.into(), volume: "fs1".into() }, d(5))
+        .mount(MountSite::PodVolume { pod: A2.into(), path: "kubernetes.io~csi/pv/mount".into() }, d(5))
+        .devices(&[d(5)]);
+    let v = cluster_judge(&w, facts.clone());
+    assert_eq!(handoff_of(&v, A1), HandoffReason::DevicesServedElsewhere);
+    assert_eq!(handoff_of(&v, A2), HandoffReason::SoleBacker);
+    // The mount table does not show the kubelet root: no mount can be seen, nothing safe.
+    let mut inv = Inventory::default();
+    inv.apply(Observation::FullScan(w.scan(1)));
+    inv.apply(Observation::Cluster(facts));
+    inv.set_mount_view_mismatch(true);
+    assert_eq!(handoff_of(&judge(&inv), A1), HandoffReason::MountTableMismatch);
+}
+
+#[test]
+fn nothing_left_to_protect_is_safe_at_once() {
+    let facts = api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]);
+    for (finished, reason) in
+        [(Finished::VmiFinal, HandoffReason::VmiFinal), (Finished::LauncherDone, HandoffReason::LauncherGone)]
+    {
+        let mut f = facts.clone();
+        f.launchers.get_mut(L1).unwrap().finished = Some(finished);
+        assert_eq!(handoff_of(&cluster_judge(&victim(), f), A1), reason);
+    }
+    // The launcher's hotplug directory is gone from the node (its pod ended).
+    let mut gone = victim();
+    gone.pods.remove(L1);
+    assert_eq!(handoff_of(&cluster_judge(&gone, facts.clone()), A1), HandoffReason::LauncherGone);
+    // ... even when the API no longer shows the launcher.
+    assert_eq!(handoff_of(&cluster_judge(&gone, api(&[], &[(A1, L1, 100)])), A1), HandoffReason::LauncherGone);
+    // A WaitForFirstConsumer trigger pod serves no VM.
+    let mut f = facts.clone();
+    f.attachment_pods.get_mut(A1).unwrap().trigger = true;
+    assert_eq!(handoff_of(&cluster_judge(&victim(), f), A1), HandoffReason::TriggerPod);
+    // The volume unplugged and its node removed from the launcher: nothing in use.
+    let mut unplugged = victim();
+    unplugged.pods.insert(L1.into(), PodDisks::Launcher(BTreeMap::new()));
+    assert_eq!(
+        handoff_of(&cluster_judge(&unplugged, api(&[(L1, Some(&[]))], &[(A1, L1, 100)])), A1),
+        HandoffReason::NoDeviceInUse
+    );
+}
+
+#[test]
+fn three_pods_of_one_second_never_vouch_for_one_another() {
+    // KubeVirt keeps one of the pods created in the newest second and deletes the others.
+    // b and c share the VM's device 7:1, a has a new one: if a stays, b and c both go.
+    let w = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
+        .attachment("a", &[("disk1", d(2))])
+        .attachment("b", &[("disk1", d(1))])
+        .attachment("c", &[("disk1", d(1))])
+        .devices(&[d(1), d(2)]);
+    let facts = api(&[(L1, Some(&["disk1"]))], &[("a", L1, 100), ("b", L1, 100), ("c", L1, 100)]);
+    let v = cluster_judge(&w, facts.clone());
+    assert_eq!(handoff_of(&v, "b"), HandoffReason::SoleBacker);
+    assert_eq!(handoff_of(&v, "c"), HandoffReason::SoleBacker);
+    assert_eq!(handoff_of(&v, "a"), HandoffReason::NoDeviceInUse);
+    // An older pod sharing the device with only some of them is not safe either.
+    let w = w.attachment("old", &[("disk1", d(1))]);
+    let mut f = facts.clone();
+    f.attachment_pods.insert("old".into(), ApiAttachment { launcher: L1.into(), created: 50, trigger: false });
+    assert_eq!(handoff_of(&cluster_judge(&w, f.clone()), "old"), HandoffReason::SoleBacker);
+    // Whichever one stays serves the device when all of them share it.
+    let shared = w.attachment("a", &[("disk1", d(1))]);
+    let v = cluster_judge(&shared, f);
+    for pod in ["a", "b", "c", "old"] {
+        assert_eq!(handoff_of(&v, pod), HandoffReason::DevicesServedElsewhere, "{pod}");
+    }
+}
+
+#[test]
+fn a_volume_being_unplugged_makes_no_pod_a_sole_backer() {
+    // disk2 left the spec (its node is still in the launcher); the new pod holds disk1 only,
+    // on the same device. Deleting the old pod loses nothing the VM keeps.
+    let w = World::default()
+        .launcher(L1, &[("disk1", LauncherEntry::Block(d(1))), ("disk2", LauncherEntry::Block(d(2)))])
+        .attachment("old", &[("disk1", d(1)), ("disk2", d(2))])
+        .attachment("current", &[("disk1", d(1))])
+        .devices(&[d(1), d(2)]);
+    let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[("old", L1, 100), ("current", L1, 200)]));
+    assert_eq!(handoff_of(&v, "old"), HandoffReason::DevicesServedElsewhere);
+    assert!(v.attachment_pods["old"].sole_backer_of.is_empty());
+    assert!(crate::notice::unsafe_handoffs(&v).is_empty(), "no HotplugHandoffUnsafe on a partial unplug");
 }
