@@ -1,27 +1,49 @@
 #!/usr/bin/env bash
-# check-patch.sh: apply patches/v1.9.0/*.patch to a pristine KubeVirt v1.9.0 and build
-# virt-controller against this directory's gate module.
+# check-patch.sh: the in-tree route, checked. Puts the gate into a pristine KubeVirt tree
+# with apply.sh (copy gate/ to pkg/virt-controller/watch/vmi/hotplugwatchdog, apply
+# patches/$KUBEVIRT_VERSION/*.patch) and checks the result.
 #
-# Needs: bash, git, Go (>= the version KubeVirt's go.mod asks for, or GOTOOLCHAIN=auto),
-# and the Go module proxy. Works from a cold module cache (it then downloads a lot).
-# Writes nothing in this repository; the work tree is a temp dir removed on exit.
+# Two sources for the pristine tree:
+#
+#   KUBEVIRT_DIR=<a KubeVirt git repository: a checkout or a bare mirror with the tag>
+#     The full check, as KubeVirt builds itself: its vendored workspace, offline.
+#     A scratch clone (git clone --shared) at WORK_DIR is reset to the tag, patched, then
+#       go build -mod=vendor ./cmd/virt-controller
+#       go vet   -mod=vendor ./pkg/virt-controller/watch/vmi/...
+#       go test  -mod=vendor ./pkg/virt-controller/watch/vmi/...   (SKIP_TESTS=1: skip)
+#     WORK_DIR defaults to ~/.cache/hotplug-watchdog/check-patch/kubevirt-$KUBEVIRT_VERSION and
+#     is kept between runs (reset each time), so the Go build cache stays warm: the cache
+#     keys on the source directory.
+#
+#   (no KUBEVIRT_DIR) kubevirt.io/kubevirt@$KUBEVIRT_VERSION as a module zip from the Go
+#     module proxy or cache (no vendor/, no staging/) in a temp dir. Checks that the
+#     patches apply and that the copied package vets and passes its tests as copied (as a
+#     standalone package, with this module's dependencies). APPLY_ONLY=1 stops there: that
+#     is what CI runs (scripts/test), it needs no KubeVirt checkout. Without APPLY_ONLY it
+#     goes on to build virt-controller's packages with -mod=mod against the published
+#     staging modules, which needs every KubeVirt dependency from the proxy (this
+#     workplace's proxy refuses kubevirt.io/virt-template-* v0.2.0, see README.md).
 #
 # Environment:
-#   KUBEVIRT_VERSION  default v1.9.0
-#   KEEP_TMP=1        keep the temp dir (its path is printed)
-#   RUN_TESTS=1       also run `go test ./pkg/virt-controller/watch/vmi/` (slow)
-#   APPLY_ONLY=1      stop once the patches apply (what CI runs here: the build needs
-#                     kubevirt.io/virt-template-* v0.2.0, which this workplace's proxy refuses)
+#   KUBEVIRT_VERSION  default v1.9.0 (the git tag / module version, and the patches/ dir)
+#   KUBEVIRT_DIR      see above
+#   WORK_DIR          see above (KUBEVIRT_DIR mode only)
+#   SKIP_TESTS=1      KUBEVIRT_DIR mode: build and vet only
+#   APPLY_ONLY=1      module-zip mode: stop after the apply and the copied package's checks
+#   RUN_TESTS=1       module-zip mode without APPLY_ONLY: also run the vmi package's tests
+#   EXPORT_PATCH=FILE write the whole change (copied package included) as one patch to FILE
+#   KEEP_TMP=1        keep the temp dir (module-zip mode)
+#
+# Needs bash, git, Go (>= KubeVirt's go directive; v1.9.0 says 1.26.0). Writes nothing in
+# this repository. Each step prints PASS:/FAIL:; the last line is RESULT: PASS|FAIL.
 set -euo pipefail
 
 KUBEVIRT_VERSION=${KUBEVIRT_VERSION:-v1.9.0}
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) # .../contrib/kubevirt (the gate module)
-PATCH_DIR=$HERE/patches/$KUBEVIRT_VERSION
-GATE_MODULE=github.com/hotplug-watchdog/hotplug-watchdog/contrib/kubevirt
-
-export GOWORK=off           # KubeVirt's go.work points at ./staging, which the module zip lacks
+export KUBEVIRT_VERSION
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) # .../contrib/kubevirt
+PKG_DIR=pkg/virt-controller/watch/vmi/hotplugwatchdog
 export GOFLAGS=-buildvcs=false
-NICE=(nice -n 10)           # the machine is shared
+NICE=(nice -n 10) # the machine is shared
 
 START=$SECONDS
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/check-patch.XXXXXX")
@@ -44,7 +66,68 @@ step() {
 # json_field FIELD: the string value of "FIELD" in `go mod download -json` output on stdin.
 json_field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p" | head -n1; }
 
-# (a) the pristine source, from the module proxy / cache.
+export_patch() {
+	[[ -n ${EXPORT_PATCH:-} ]] || return 0
+	git -C "$KV" add -A -f
+	git -C "$KV" diff --cached >"$EXPORT_PATCH"
+	echo "wrote the whole change to $EXPORT_PATCH ($(grep -c '^diff --git' "$EXPORT_PATCH") files)"
+}
+
+# go test -v output of a Ginkgo suite and plain tests -> one summary line.
+test_summary() {
+	local log=$1 specs plain_pass plain_fail
+	specs=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs' "$log" | sed -E 's/ in .*//' | paste -sd ';' -)
+	plain_pass=$(grep -cE '^\s*--- PASS' "$log" || true)
+	plain_fail=$(grep -cE '^\s*--- FAIL' "$log" || true)
+	echo "Ginkgo: ${specs:-none}; go tests (incl. subtests): $plain_pass passed, $plain_fail failed"
+	grep -E '^(ok|FAIL|---) ' "$log" | grep -vE '^--- (PASS|SKIP)' || true
+}
+
+if [[ -n ${KUBEVIRT_DIR:-} ]]; then
+	# ---------------- the full check in a vendored KubeVirt tree ----------------
+	WORK_DIR=${WORK_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hotplug-watchdog/check-patch/kubevirt-$KUBEVIRT_VERSION}
+	KV=$WORK_DIR
+	if [[ ! -e $KV/.git ]]; then
+		step "clone $KUBEVIRT_DIR" git clone -q --shared --no-checkout "$KUBEVIRT_DIR" "$KV"
+	fi
+	if ! git -C "$KV" rev-parse -q --verify "refs/tags/$KUBEVIRT_VERSION" >/dev/null; then
+		step "fetch tag $KUBEVIRT_VERSION" git -C "$KV" fetch -q "$KUBEVIRT_DIR" "refs/tags/$KUBEVIRT_VERSION:refs/tags/$KUBEVIRT_VERSION"
+	fi
+	reset_tree() {
+		git -C "$KV" -c advice.detachedHead=false checkout -q -f --detach "$KUBEVIRT_VERSION" &&
+			git -C "$KV" clean -q -ffdx
+	}
+	step "reset $KV to $KUBEVIRT_VERSION" reset_tree
+	[[ -f $KV/vendor/modules.txt ]] || fail "$KUBEVIRT_VERSION has no vendor/ directory"
+	step "apply.sh" "$HERE/apply.sh" "$KV"
+	export_patch
+
+	cd "$KV"
+	step "go build -mod=vendor ./cmd/virt-controller" \
+		"${NICE[@]}" go build -mod=vendor -o "$TMP/virt-controller" ./cmd/virt-controller
+	step "go vet -mod=vendor ./pkg/virt-controller/watch/vmi/..." \
+		"${NICE[@]}" go vet -mod=vendor ./pkg/virt-controller/watch/vmi/...
+	if [[ ${SKIP_TESTS:-0} != 1 ]]; then
+		log=$TMP/test.log
+		run_tests() { "${NICE[@]}" go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/... >"$log" 2>&1; }
+		step_start=$SECONDS
+		echo "--- go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/..."
+		if run_tests; then
+			test_summary "$log"
+			pass "go test ./pkg/virt-controller/watch/vmi/..."
+		else
+			tail -n 60 "$log" >&2
+			test_summary "$log" >&2
+			fail "go test ./pkg/virt-controller/watch/vmi/... (log above)"
+		fi
+	fi
+	echo "RESULT: PASS ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION vendored at $KV, $(go version | awk '{print $3}'))"
+	exit 0
+fi
+
+# ---------------- module zip from the proxy (CI) ----------------
+export GOWORK=off # KubeVirt's go.work points at ./staging, which the module zip lacks
+
 step_start=$SECONDS
 echo "--- download kubevirt.io/kubevirt@$KUBEVIRT_VERSION"
 info=$(cd "$TMP" && go mod download -json "kubevirt.io/kubevirt@$KUBEVIRT_VERSION") ||
@@ -53,34 +136,44 @@ SRC=$(json_field Dir <<<"$info")
 [[ -n $SRC && -f $SRC/go.mod ]] || fail "no Dir in go mod download output: $info"
 pass "download ($SRC)"
 
-# (b) a writable copy, (c) committed as the pristine tree.
 KV=$TMP/kubevirt
 step copy cp -r "$SRC" "$KV"
 chmod -R u+w "$KV"
-step git-init git -C "$KV" init -q
 commit_pristine() {
-	git -C "$KV" add -A -f &&
+	git -C "$KV" init -q &&
+		git -C "$KV" add -A -f &&
 		git -C "$KV" -c user.name=check-patch -c user.email=check-patch@localhost \
 			commit -q -m "kubevirt $KUBEVIRT_VERSION (pristine module zip)"
 }
-step git-commit commit_pristine
+step "git init + commit" commit_pristine
+step "apply.sh" "$HERE/apply.sh" "$KV"
+grep -q "kubevirt.io/kubevirt/$PKG_DIR\"" "$KV/pkg/virt-controller/watch/vmi/volume-hotplug.go" ||
+	fail "patched volume-hotplug.go does not import the in-tree gate"
+# Every path the patches and the copy touched (new files too).
+changed=$(git -C "$KV" status --porcelain --untracked-files=all | sed -E 's/^.. //')
+if grep -qE '^(go\.(mod|sum|work)|vendor/)' <<<"$changed"; then
+	fail "the patches change go.mod/go.sum/vendor (the in-tree route must not)"
+fi
+mapfile -t changed_go < <(grep -E '\.go$' <<<"$changed" | sed "s|^|$KV/|")
+step "gofmt -l (${#changed_go[@]} changed .go files)" \
+	bash -c 'out=$(gofmt -l "$@") && [[ -z $out ]] || { echo "not gofmt-ed: $out"; exit 1; }' _ "${changed_go[@]}"
 
-# (d) the patches, in order.
-shopt -s nullglob
-patches=("$PATCH_DIR"/*.patch)
-((${#patches[@]} > 0)) || fail "no patches in $PATCH_DIR"
-for p in "${patches[@]}"; do
-	step "apply-check $(basename "$p")" git -C "$KV" apply --check -p1 "$p"
-	step "apply $(basename "$p")" git -C "$KV" apply -p1 "$p"
-done
-grep -q "$GATE_MODULE/gate" "$KV/pkg/virt-controller/watch/vmi/volume-hotplug.go" ||
-	fail "patched volume-hotplug.go does not import the gate"
+# The copied package on its own: same dependencies as this module (it imports nothing
+# from KubeVirt), so this runs wherever `go test ./...` in this directory runs.
+GC=$TMP/gatecopy
+mkdir -p "$GC"
+cp "$HERE/go.mod" "$HERE/go.sum" "$GC/"
+cp -r "$KV/$PKG_DIR" "$GC/hotplugwatchdog"
+step "go vet (copied package)" bash -c "cd '$GC' && go vet ./hotplugwatchdog"
+step "go test (copied package)" bash -c "cd '$GC' && go test -count=1 ./hotplugwatchdog"
+export_patch
+
 if [[ ${APPLY_ONLY:-0} == 1 ]]; then
-	echo "RESULT: PASS, patches apply ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION; build not attempted)"
+	echo "RESULT: PASS, patches apply and the copied gate checks out ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION module zip; virt-controller not built: use KUBEVIRT_DIR=...)"
 	exit 0
 fi
 
-# (e) buildable outside the monorepo: every ./staging replace -> the published module.
+# Buildable outside the monorepo: every ./staging replace -> the published module.
 cd "$KV"
 rm -f go.work go.work.sum
 staging_mods=$(sed -nE 's#^[[:space:]]*(replace[[:space:]]+)?([^[:space:]]+)([[:space:]]+v[^[:space:]]+)?[[:space:]]+=>[[:space:]]+\./staging/.*#\2#p' go.mod)
@@ -92,17 +185,13 @@ for m in $staging_mods; do
 	go mod edit "-replace=$m=$m@$KUBEVIRT_VERSION"
 	pass "replace $m => $m@$KUBEVIRT_VERSION"
 done
-step "replace gate" go mod edit "-replace=$GATE_MODULE=$HERE"
 if grep -q '=> \./staging' go.mod; then fail "a ./staging replace is left in go.mod"; fi
 
-# (f) build. -mod=mod lets go fill in go.sum for the swapped-in modules (no go mod tidy).
-step "go build ./pkg/virt-controller/..." "${NICE[@]}" go build -mod=mod ./pkg/virt-controller/...
-
-# (g) vet the patched package (also type-checks its tests).
-step "go vet ./pkg/virt-controller/watch/vmi/" "${NICE[@]}" go vet -mod=mod ./pkg/virt-controller/watch/vmi/
-
+# -mod=mod lets go fill in go.sum for the swapped-in modules (no go mod tidy).
+step "go build ./cmd/virt-controller" "${NICE[@]}" go build -mod=mod -o "$TMP/virt-controller" ./cmd/virt-controller
+step "go vet ./pkg/virt-controller/watch/vmi/..." "${NICE[@]}" go vet -mod=mod ./pkg/virt-controller/watch/vmi/...
 if [[ ${RUN_TESTS:-0} == 1 ]]; then
-	step "go test ./pkg/virt-controller/watch/vmi/" "${NICE[@]}" go test -mod=mod -count=1 ./pkg/virt-controller/watch/vmi/
+	step "go test ./pkg/virt-controller/watch/vmi/..." "${NICE[@]}" go test -mod=mod -count=1 ./pkg/virt-controller/watch/vmi/...
 fi
 
-echo "RESULT: PASS ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION, $(go version | awk '{print $3}'))"
+echo "RESULT: PASS ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION module zip, $(go version | awk '{print $3}'))"
