@@ -73,14 +73,15 @@ export_patch() {
 	echo "wrote the whole change to $EXPORT_PATCH ($(grep -c '^diff --git' "$EXPORT_PATCH") files)"
 }
 
-# go test -v output of a Ginkgo suite and plain tests -> one summary line.
+# test_summary LOG: `go test -v` output (Ginkgo suites and plain tests) -> counts.
 test_summary() {
-	local log=$1 specs plain_pass plain_fail
-	specs=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs' "$log" | sed -E 's/ in .*//' | paste -sd ';' -)
-	plain_pass=$(grep -cE '^\s*--- PASS' "$log" || true)
-	plain_fail=$(grep -cE '^\s*--- FAIL' "$log" || true)
-	echo "Ginkgo: ${specs:-none}; go tests (incl. subtests): $plain_pass passed, $plain_fail failed"
-	grep -E '^(ok|FAIL|---) ' "$log" | grep -vE '^--- (PASS|SKIP)' || true
+	local plain
+	plain=$(sed 's/\x1b\[[0-9;]*m//g' "$1")
+	{
+		grep -E '^(Ran [0-9]+ of [0-9]+ Specs|SUCCESS!|FAIL!)' <<<"$plain" || true
+		echo "go tests and subtests: $(grep -cE '^\s*--- PASS' <<<"$plain" || true) passed, $(grep -cE '^\s*--- FAIL' <<<"$plain" || true) failed"
+		grep -E '^(ok|FAIL)[[:space:]]' <<<"$plain" || true
+	} | sed 's/^/    /'
 }
 
 if [[ -n ${KUBEVIRT_DIR:-} ]]; then
@@ -108,7 +109,7 @@ if [[ -n ${KUBEVIRT_DIR:-} ]]; then
 	step "go vet -mod=vendor ./pkg/virt-controller/watch/vmi/..." \
 		"${NICE[@]}" go vet -mod=vendor ./pkg/virt-controller/watch/vmi/...
 	if [[ ${SKIP_TESTS:-0} != 1 ]]; then
-		log=$TMP/test.log
+		log=$WORK_DIR.test.log # kept: the whole -v output of the last run
 		run_tests() { "${NICE[@]}" go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/... >"$log" 2>&1; }
 		step_start=$SECONDS
 		echo "--- go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/..."
