@@ -6,6 +6,7 @@ require (
 	k8s.io/api v0.34.3
 	k8s.io/apimachinery v0.34.3
 	kubevirt.io/api v1.9.0
+	sigs.k8s.io/yaml v1.6.0
 )
 
 require (
