@@ -49,26 +49,82 @@
 //  3. The current pod serves each of those volumes too, with the same claim name
 //     (Reason VolumeNotServedByCurrentPod).
 //  4. The node agent's signal: the condition of type hotplug-watchdog.io/HandoffSafe on
-//     the OLD pod's status.
-//     - absent: no agent on that node. Rules 1-3 decide (Reason
-//     VolumesReadyNoAgent); the gate never waits for an agent that is not there.
-//     - True: Allowed (Reason HandoffSafe).
-//     - False: blocked (Reason HandoffUnsafe); Unknown or any other value: blocked like a
-//     missing signal from a live agent (Reason HandoffUnknown). Both are bounded by the
-//     agent deadline below.
+//     the OLD pod's status, read together with the agent's liveness Lease for the old
+//     pod's node (Input.Lease, Input.LeaseError). See the decision table below.
+//
+// # Decision table of rule 4
+//
+// The rows do not overlap. A condition status other than True or False counts as
+// Unknown. Decision.Lease says how the lease was judged (empty when rules 1-3, or the
+// scope rules, decided).
+//
+//	condition on old pod  lease (JudgeLease)                decision
+//	True                  any                               Allowed, HandoffSafe
+//	False / Unknown       alive                             blocked, HandoffUnsafe / HandoffUnknown,
+//	                                                        no deadline; RequeueAfter = until the
+//	                                                        lease would expire (>= 1 s)
+//	False / Unknown       missing, expired, invalid, or     blocked, HandoffUnsafe / HandoffUnknown,
+//	                      unreadable and not known alive    until AgentDeadline after the later of
+//	                                                        (current pod running, lease expiry);
+//	                                                        then Allowed, AgentDeadlineExceeded
+//	absent                alive, or unreadable              blocked, HandoffPending, until
+//	                                                        ConditionWait after the current pod
+//	                                                        running; then Allowed,
+//	                                                        ConditionWaitExceeded
+//	absent                missing, expired, invalid         Allowed, VolumesReadyNoAgent (KubeVirt's
+//	                                                        rules: rules 1-3 decide)
 //
 // Volumes removed from the spec are ignored entirely: the gate adds no blocking for them.
 // KubeVirt keeps a pod serving a removed volume whose status is Ready or MountedToPod, and
 // that logic stays in KubeVirt.
 //
+// # Agent lease
+//
+// The agent holds one coordination.k8s.io/v1 Lease per node, LeaseName(node) =
+// "hotplug-watchdog-<node>", in its namespace (DefaultLeaseNamespace unless configured):
+// holderIdentity "<node>/<agent pod>", leaseDurationSeconds 40 by default (at most 60),
+// renewTime renewed every 10 s by default (at most 20 s) while the agent is healthy,
+// acquireTime set at creation. JudgeLease says:
+//   - Alive: renewTime (acquireTime when renewTime is nil) + leaseDurationSeconds is after
+//     Now. A duration above MaxLeaseDuration (60 s) counts as 60 s, so that a bad lease
+//     cannot stretch a dead agent's hold.
+//   - Expired: that time is not after Now. The expiry is when the agent was last known
+//     alive; the deadline counts from it when it is later than the current pod's start.
+//   - Missing: Input.Lease is nil (the controller's read said NotFound).
+//   - Invalid: leaseDurationSeconds nil or not positive, neither renewTime nor
+//     acquireTime, or the lease is named for another node. Never alive, and it offers no
+//     expiry: the deadline counts from the current pod running, so that a writer that
+//     keeps renewing an invalid lease cannot postpone the deadline forever.
+//   - Unknown: Input.LeaseError is set (a read error other than NotFound: forbidden,
+//     timeout, ...). The controller passes the last lease it did read (or nil) with the
+//     error; that lease still counts until its expiry, because liveness is purely a
+//     matter of time. Not known alive and False/Unknown: the deadline applies (from the
+//     later of the current pod running and the last lease's expiry), so a missing RBAC
+//     grant or an API outage cannot pin old pods forever, and a short API hiccup during
+//     a long hold does not release the pod. With no condition, unknown waits like alive.
+//
+// Clock skew is not handled beyond this: renewTime is written with the agent's clock
+// and compared with Input.Now, the controller's. A skew of S moves every expiry by S; a
+// renewTime in the future keeps a dead agent's lease alive until renewTime + duration.
+// Node and control-plane clocks are expected to be NTP-synchronised; the lease durations
+// (tens of seconds) leave room for ordinary drift. Correcting it would need state (when
+// the controller itself last saw renewTime change, as client-go's leader election does),
+// which this pure function does not keep.
+//
 // # Agent deadline
 //
-// A dead or wedged agent leaves its last condition behind, and a dead agent produces no
-// event. So when the condition is False or Unknown and the current pod has been running
-// for at least Input.AgentDeadline (DefaultAgentDeadline, 5 minutes, when zero), the
-// gate allows deletion with Reason AgentDeadlineExceeded. A negative AgentDeadline turns
-// the deadline off: a False condition then keeps the old pod until the agent changes its
-// mind (the operator has to act, for example by live-migrating the VM).
+// A dead or wedged agent leaves its last condition behind and produces no event. The
+// lease tells the two cases apart. While the lease is alive, a False or Unknown condition
+// holds the old pod for as long as it takes: the old pod is what keeps the VM's disk alive,
+// and the agent is watching. Once the lease is missing, expired or invalid (or cannot be
+// read and nothing alive is known), the condition may be a dead agent's last word: it
+// holds the pod only until Input.AgentDeadline (DefaultAgentDeadline, 5 minutes, when
+// zero) has passed since the later of the current pod running and the lease's expiry;
+// then the gate allows deletion with Reason AgentDeadlineExceeded (the controller records
+// a Warning event). Counting from the expiry gives a dead agent's verdict the same grace
+// a fresh one gets. A negative AgentDeadline turns the deadline off: a False condition
+// then keeps the old pod until the agent changes its mind (the operator has to act, for
+// example by live-migrating the VM).
 //
 // "Running since" is the latest lastTransitionTime among the current pod's kubelet
 // conditions (PodScheduled, PodReadyToStartContainers, Initialized, ContainersReady,
@@ -77,21 +133,37 @@
 // look at the pod as it now is); other condition types, including the agent's own
 // hotplug-watchdog.io/* conditions on the current pod, are ignored because they move for
 // reasons unrelated to the pod running. Without such a condition the gate falls back to
-// status.startTime, then metadata.creationTimestamp.
+// status.startTime, then metadata.creationTimestamp (a pod with none of them never starts
+// the clock; only synthetic input lacks them all).
 //
-// While blocked on the agent, Decision.RequeueAfter is the time left until the deadline,
-// so the controller looks again exactly when the deadline can fire (a condition change
-// re-queues the VMI anyway, through the pod informer). Other blocks return RecheckInterval.
+// # Condition wait
+//
+// A live agent that has not written HandoffSafe on the old pod yet (it has just started,
+// or the old pod is brand new) gets Input.ConditionWait (DefaultConditionWait, 30 s, when
+// zero; negative: none) from the current pod running, the moment the gate would first let
+// KubeVirt delete. The agent writes its verdict within seconds of a pod change (on watch
+// events, not on its rescan period), so 30 s is several times what a healthy agent needs,
+// and shorter than one lease duration (40 s): a live agent that still wrote nothing does
+// not judge this pod, and holding longer would only delay KubeVirt for nothing. After the
+// wait KubeVirt's rules decide (Reason ConditionWaitExceeded; the controller records a
+// Warning event, since a live agent that wrote nothing is worth a look).
+//
+// While blocked, Decision.RequeueAfter is when the answer can change on a clock alone: the
+// lease's expiry, the end of the condition wait, the deadline (at least 1 s). A condition
+// change re-queues the VMI anyway, through the pod informer; a lease change does not (the
+// controller reads leases, it does not watch them), hence the lease-expiry requeue. Blocks
+// of rules 1-3 return RecheckInterval.
 //
 // # Stale conditions
 //
 // A HandoffSafe condition whose lastTransitionTime predates the current pod's creation is
 // NOT treated as stale. The agent writes the condition level-based and only on
 // transitions (lastTransitionTime moves only when the status changes; there is no
-// heartbeat, to keep API writes low). The ordinary dangerous case is exactly such a
-// condition: the old pod has been False ("sole backer of the launcher's device") since
-// long before the current pod existed, and stays False after the new pod starts because
-// the new pod got a different device. Treating that as missing would reopen the very race
-// the gate exists to close. The age of the signal is therefore never judged by its
-// timestamp; liveness is bounded by the agent deadline instead.
+// heartbeat on the condition, to keep API writes low: the lease is the heartbeat). The
+// ordinary dangerous case is exactly such a condition: the old pod has been False ("sole
+// backer of the launcher's device") since long before the current pod existed, and stays
+// False after the new pod starts because the new pod got a different device. Treating
+// that as missing would reopen the very race the gate exists to close. The age of the
+// signal is therefore never judged by its timestamp; the agent's liveness is judged by
+// its lease instead.
 package gate
