@@ -22,8 +22,34 @@ pub struct BlockUevent {
     pub device: DevNum,
     /// `DEVNAME` (`loop5`, `nbd0`, `nvme0n1`), when the event has it.
     pub devname: Option<String>,
-    /// `DISKSEQ`: a new value each time the kernel creates a disk (Linux 5.15+).
+    /// `DISKSEQ`: a new value each time the kernel creates a disk (Linux 5.15+). A
+    /// partition's event carries its disk's.
     pub diskseq: Option<u64>,
+    /// `DEVTYPE=partition`: the device is a partition, with its number (`PARTN`) when the
+    /// event has it (`Some(None)`: a partition whose number the event does not say).
+    pub partition: Option<Option<u32>>,
+}
+
+impl BlockUevent {
+    /// The identity of the disk (or partition) behind the number, as the event tells it;
+    /// the same string a read of sysfs gives (`sysfs::identity`), so that a `change` event
+    /// never looks like another disk. `None`: the event does not say enough.
+    pub fn identity(&self) -> Option<String> {
+        match (self.diskseq, self.partition) {
+            (Some(seq), None) => Some(disk_identity(seq, None)),
+            (Some(seq), Some(Some(part))) => Some(disk_identity(seq, Some(part))),
+            _ => None,
+        }
+    }
+}
+
+/// How a disk's identity is written: `diskseq:<n>`, and `p<number>` for a partition (which
+/// has its disk's diskseq). One function for uevents and sysfs alike.
+pub fn disk_identity(diskseq: u64, partition: Option<u32>) -> String {
+    match partition {
+        None => format!("diskseq:{diskseq}"),
+        Some(p) => format!("diskseq:{diskseq}p{p}"),
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +69,7 @@ where
 {
     let (mut action, mut subsystem, mut major, mut minor, mut devname, mut diskseq) =
         (None, None, None, None, None, None);
+    let (mut devtype, mut partn) = (None, None);
     for (key, value) in props {
         let value = value.as_bytes();
         match key.as_bytes() {
@@ -52,6 +79,8 @@ where
             b"MINOR" => minor = number::<u32>(value),
             b"DEVNAME" => devname = std::str::from_utf8(value).ok(),
             b"DISKSEQ" => diskseq = number::<u64>(value),
+            b"DEVTYPE" => devtype = Some(value),
+            b"PARTN" => partn = number::<u32>(value),
             _ => {}
         }
     }
@@ -73,6 +102,7 @@ where
         // udev gives DEVNAME as /dev/loop5, the kernel as loop5: keep the kernel's form.
         devname: devname.map(|n| n.trim_start_matches("/dev/").to_string()),
         diskseq,
+        partition: (devtype == Some(b"partition")).then_some(partn),
     })
 }
 
@@ -114,8 +144,23 @@ mod tests {
                 device: DevNum::new(7, 77),
                 devname: Some("loop77".into()),
                 diskseq: Some(310),
+                partition: None,
             }
         );
+        assert_eq!(ev.identity().as_deref(), Some("diskseq:310"));
+    }
+
+    /// What the kernel sends for a partition (seen with `partx -a` on a loop device): its
+    /// disk's DISKSEQ and its number. Its identity must be the one sysfs gives.
+    #[test]
+    fn a_partition_is_its_disk_and_its_number() {
+        let part = b"change@/devices/virtual/block/loop0/loop0p1\0ACTION=change\0SUBSYSTEM=block\0MAJOR=259\0MINOR=0\0DEVNAME=loop0p1\0DEVTYPE=partition\0DISKSEQ=17\0PARTN=1\0";
+        let ev = from_properties(split_payload(part)).unwrap();
+        assert_eq!(ev.partition, Some(Some(1)));
+        assert_eq!(ev.identity().as_deref(), Some("diskseq:17p1"));
+        let no_number =
+            b"change@/x\0ACTION=change\0SUBSYSTEM=block\0MAJOR=259\0MINOR=0\0DEVTYPE=partition\0DISKSEQ=17\0";
+        assert_eq!(from_properties(split_payload(no_number)).unwrap().identity(), None, "read from sysfs instead");
     }
 
     #[test]

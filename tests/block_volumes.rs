@@ -158,3 +158,82 @@ fn swap_to_a_pod_with_a_new_device_is_unsafe_then_unbacked_then_vanished() {
         1.0
     );
 }
+
+/// A disk image with an MBR partition table of one partition (sectors 2048..4095), written
+/// by hand so that no partitioning tool is needed.
+fn partitioned_image(path: &std::path::Path) {
+    let mut mbr = vec![0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[4] = 0x83; // Linux
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+}
+
+fn partx(args: &[&str], disk: &LoopDevice) {
+    let out = std::process::Command::new("partx").args(args).arg(disk.path()).output().expect("run partx (util-linux)");
+    assert!(out.status.success(), "partx {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A hotplugged partition keeps its identity whether the agent reads it from a uevent or
+/// from sysfs: a `change` uevent or a partition-table reread is no "replaced" disk. (Before
+/// the fix, the uevent's identity lacked the partition number and the volume turned
+/// `replaced` on the first `change`.)
+#[test]
+fn a_partition_is_not_replaced_by_a_change_uevent_or_a_table_reread() {
+    if !require_root("a_partition_is_not_replaced_by_a_change_uevent_or_a_table_reread") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    partitioned_image(&image);
+    let mut disk = LoopDevice::add();
+    disk.attach_file(&image);
+    // Partitions added through BLKPG, as a partition-table reread does (this kernel may not
+    // scan tables itself).
+    partx(&["-a"], &disk);
+    let sys = format!("/sys/class/block/loop{}p1", disk.index);
+    let part: hotplug_watchdog::device::DevNum =
+        std::fs::read_to_string(format!("{sys}/dev")).unwrap().trim().parse().unwrap();
+
+    let tree = KubeletTree::new();
+    tree.hotplugged(L, OLD, "disk1", part);
+    let agent = Agent::start(&tree.root, NO_PERIODIC_RESCAN);
+    agent.wait_ready();
+    agent.wait_volume(L, "disk1", Some("ready"));
+    let labels = format!("pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\",pod=\"\"");
+    let replaced = format!("hotplug_watchdog_device_replaced_total{{{labels}}}");
+
+    // A change uevent on the partition (udev rules, a resize, a tool asking for one).
+    let uevents = |a: &Agent| metric(&a.metrics(), "hotplug_watchdog_source_events_total{source=\"uevent\"}");
+    let before = uevents(&agent);
+    std::fs::write(format!("{sys}/uevent"), "change").unwrap();
+    agent.wait_until("the change uevent", Duration::from_secs(10), |a| uevents(a) > before);
+    assert_eq!(volume_state(&agent.report(), L, "disk1").as_deref(), Some("ready"));
+    assert_eq!(metric_opt(&agent.metrics(), &replaced), None, "a change is not another disk");
+
+    // A change uevent on the whole disk (what a table reread sends for it).
+    let before = uevents(&agent);
+    std::fs::write(format!("/sys/class/block/loop{}/uevent", disk.index), "change").unwrap();
+    agent.wait_until("the disk's change uevent", Duration::from_secs(10), |a| uevents(a) > before);
+    assert_eq!(volume_state(&agent.report(), L, "disk1").as_deref(), Some("ready"));
+
+    // The partition table read again: the partition goes and comes back on the same disk.
+    // Loop partitions take extended device numbers, which the kernel may not hand out
+    // again at once: the VM's node then points at a number that is gone (vanished, the
+    // truth), and where the number comes back it is the same disk (ready). Never replaced.
+    partx(&["-d"], &disk);
+    agent.wait_volume(L, "disk1", Some("vanished"));
+    partx(&["-a"], &disk);
+    let again: hotplug_watchdog::device::DevNum =
+        std::fs::read_to_string(format!("{sys}/dev")).unwrap().trim().parse().unwrap();
+    let expected = if again == part { "ready" } else { "vanished" };
+    agent.wait_volume(L, "disk1", Some(expected));
+    assert_eq!(metric_opt(&agent.metrics(), &replaced), None, "same disk, same partition: {part} -> {again}");
+    partx(&["-d"], &disk);
+    disk.remove();
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::device::DevNum;
 use crate::inventory::{DiskId, Observation, Seq};
+use crate::uevent;
 
 pub fn list_block_devices(sysfs: &Path) -> io::Result<BTreeSet<DevNum>> {
     let dir = sysfs.join("dev/block");
@@ -42,9 +43,13 @@ pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
     let dir = sysfs.join(format!("dev/block/{dev}"));
     let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     // A partition has no diskseq of its own: its disk's, and its number on that disk.
+    let number = |p: PathBuf| read(p).and_then(|s| s.parse::<u64>().ok());
     let seq = match read(dir.join("partition")) {
-        Some(part) => read(dir.join("../diskseq")).map(|seq| format!("diskseq:{seq}p{part}")),
-        None => read(dir.join("diskseq")).map(|seq| format!("diskseq:{seq}")),
+        Some(part) => {
+            let part = part.parse::<u32>().ok();
+            number(dir.join("../diskseq")).zip(part).map(|(seq, part)| uevent::disk_identity(seq, Some(part)))
+        }
+        None => number(dir.join("diskseq")).map(|seq| uevent::disk_identity(seq, None)),
     };
     if seq.is_some() {
         return seq;

@@ -106,11 +106,11 @@ fn follow(
             };
             let present = ev.action != UeventAction::Remove;
             tracing::debug!(device = %ev.device, devname = ?ev.devname, present, "block uevent");
-            // The kernel says which disk this is (DISKSEQ); an add without it is read back.
-            let identity = match (present, ev.diskseq) {
-                (false, _) => None,
-                (true, Some(n)) => Some(format!("diskseq:{n}")),
-                (true, None) => super::sysfs::identity(sysfs, ev.device),
+            // The kernel says which disk this is (DISKSEQ, and PARTN for a partition); an
+            // event that does not say is read back from sysfs.
+            let identity = match present {
+                false => None,
+                true => ev.identity().or_else(|| super::sysfs::identity(sysfs, ev.device)),
             };
             let obs = Observation::Device { seq, device: ev.device, present, identity };
             if tx
