@@ -38,13 +38,13 @@ fn main() {
         let (expected, good) = match (rule, devices) {
             (Rule::Today, _) => (
                 "old pod deleted, disk1 vanished, reported",
-                o.old_pod_deleted && o.vanished == 1.0 && o.vanished_events == 1,
+                o.old_pod_deleted && o.vanished == Some(1.0) && o.vanished_events == 1,
             ),
             (Rule::Gated, Devices::PerPod) => {
-                ("old pod kept, nothing vanished", !o.old_pod_deleted && o.vanished == 0.0)
+                ("old pod kept, nothing vanished", !o.old_pod_deleted && o.vanished.is_none())
             }
             (Rule::Gated, Devices::Shared) => {
-                ("old pod deleted, nothing vanished", o.old_pod_deleted && o.vanished == 0.0)
+                ("old pod deleted, nothing vanished", o.old_pod_deleted && o.vanished.is_none())
             }
         };
         println!("\nexpected: {expected}: {}", if good { "yes" } else { "NO" });

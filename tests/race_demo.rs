@@ -17,7 +17,7 @@ fn todays_rule_loses_the_disk_and_the_agent_says_so() {
     let o = play(Rule::Today, Devices::PerPod, Duration::ZERO, false);
     assert!(o.old_pod_deleted);
     assert_eq!(o.disk1_state.as_deref(), Some("vanished"));
-    assert_eq!(o.vanished, 1.0);
+    assert_eq!(o.vanished, Some(1.0));
     assert_eq!(o.vanished_events, 1);
 }
 
@@ -29,7 +29,7 @@ fn the_gate_keeps_the_old_pod_while_the_handoff_is_unsafe() {
     let o = play(Rule::Gated, Devices::PerPod, Duration::from_secs(3), false);
     assert!(!o.old_pod_deleted);
     assert_eq!(o.disk1_state.as_deref(), Some("ready"));
-    assert_eq!((o.vanished, o.vanished_events), (0.0, 0));
+    assert_eq!((o.vanished, o.vanished_events), (None, 0));
 }
 
 #[test]
@@ -40,5 +40,5 @@ fn the_gate_lets_a_safe_handoff_through() {
     let o = play(Rule::Gated, Devices::Shared, Duration::from_secs(20), false);
     assert!(o.old_pod_deleted, "shared device: HandoffSafe turns True");
     assert_eq!(o.disk1_state.as_deref(), Some("ready"));
-    assert_eq!((o.vanished, o.vanished_events), (0.0, 0));
+    assert_eq!((o.vanished, o.vanished_events), (None, 0));
 }

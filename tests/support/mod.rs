@@ -382,10 +382,42 @@ impl Agent {
         Self::launch(kubelet_root, Path::new("/proc/self/mountinfo"), &args)
     }
 
+    /// Cluster mode without the capabilities that bypass file permissions
+    /// (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`): like the DaemonSet's agent (uid 65530,
+    /// no capability), a directory its mode closes is unreadable to it.
+    pub fn start_cluster_without_dac(kubelet_root: &Path, kubeconfig: &Path, node: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["--node-name".into(), node.into(), "--kubeconfig".into()];
+        args.push(kubeconfig.into());
+        args.extend(extra.iter().map(Into::into));
+        Self::launch_with(kubelet_root, Path::new("/proc/self/mountinfo"), &args, true)
+    }
+
     fn launch(kubelet_root: &Path, mountinfo: &Path, args: &[std::ffi::OsString]) -> Self {
+        Self::launch_with(kubelet_root, mountinfo, args, false)
+    }
+
+    fn launch_with(kubelet_root: &Path, mountinfo: &Path, args: &[std::ffi::OsString], drop_dac: bool) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(agent_binary())
+        let mut command = Command::new(agent_binary());
+        if drop_dac {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl only, between fork and exec. Root's capabilities after exec are
+            // its bounding set: dropping from it drops them for the agent.
+            unsafe {
+                command.pre_exec(|| {
+                    const CAP_DAC_OVERRIDE: nix::libc::c_ulong = 1;
+                    const CAP_DAC_READ_SEARCH: nix::libc::c_ulong = 2;
+                    for cap in [CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH] {
+                        if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .env("HOTPLUG_WATCHDOG_LOG_LEVEL", "debug")
             .env_remove("NODE_NAME")
             .args(["run", "--listen"])
@@ -571,12 +603,24 @@ pub fn handoff_safe(report: &serde_json::Value, pod: &str) -> Option<bool> {
 }
 
 /// The value of one sample line of the metrics text, e.g.
-/// `hotplug_watchdog_rescans_total{reason="periodic"}`; 0 when absent.
+/// `hotplug_watchdog_rescans_total{reason="periodic"}`. Panics when the series is absent:
+/// a misspelled series must fail a test, never read as 0.
 pub fn metric(text: &str, series: &str) -> f64 {
+    metric_opt(text, series).unwrap_or_else(|| panic!("no series {series} in the metrics:\n{text}"))
+}
+
+/// The value of one sample line, `None` when that label set has no series yet (a counter
+/// per volume exists only once it counted). The metric itself must be one the agent
+/// documents (docs/metrics.md, which `tests/docs.rs` holds to the binary): a misspelled
+/// name panics instead of reading as absent.
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    let name = series.split('{').next().unwrap_or(series);
+    let family = ["_bucket", "_count", "_sum"].iter().fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+    let documented = include_str!("../../docs/metrics.md");
+    assert!(documented.contains(&format!("`{family}`")), "{series}: no such metric in docs/metrics.md");
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// `scan --format json` of the same tree, as an operator would run it.
