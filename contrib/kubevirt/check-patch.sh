@@ -156,8 +156,11 @@ if grep -qE '^(go\.(mod|sum|work)|vendor/)' <<<"$changed"; then
 	fail "the patches change go.mod/go.sum/vendor (the in-tree route must not)"
 fi
 mapfile -t changed_go < <(grep -E '\.go$' <<<"$changed" | sed "s|^|$KV/|")
-step "gofmt -l (${#changed_go[@]} changed .go files)" \
-	bash -c 'out=$(gofmt -l "$@") && [[ -z $out ]] || { echo "not gofmt-ed: $out"; exit 1; }' _ "${changed_go[@]}"
+gofmt_clean() {
+	local out
+	out=$(gofmt -l "${changed_go[@]}") && [[ -z $out ]] || { echo "not gofmt-ed: $out"; return 1; }
+}
+step "gofmt -l (${#changed_go[@]} changed or new .go files)" gofmt_clean
 
 # The copied package on its own: same dependencies as this module (it imports nothing
 # from KubeVirt), so this runs wherever `go test ./...` in this directory runs.

@@ -215,3 +215,34 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("bad input: err %v, stderr %q; want exit status 2 and the reason", err, stderr.String())
 	}
 }
+
+// The example in contrib/kubevirt/README.md gives the output it shows.
+func TestReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	i := strings.Index(readme, "Example (`cmd/gate-decide/testdata/held.json`")
+	if i < 0 {
+		t.Fatal("no gate-decide example in README.md")
+	}
+	var blocks []string
+	for rest := readme[i:]; len(blocks) < 2; {
+		start := strings.Index(rest, "```json\n")
+		if start < 0 {
+			t.Fatalf("README.md: %d json blocks after the example's heading, want 2", len(blocks))
+		}
+		rest = rest[start+len("```json\n"):]
+		end := strings.Index(rest, "```")
+		blocks = append(blocks, rest[:end])
+		rest = rest[end+3:]
+	}
+	var out bytes.Buffer
+	if err := run(strings.NewReader(blocks[0]), &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != blocks[1] {
+		t.Fatalf("README.md shows\n%s\nbut gate-decide prints\n%s", blocks[1], out.String())
+	}
+}
