@@ -9,8 +9,10 @@
 #     The full check, as KubeVirt builds itself: its vendored workspace, offline.
 #     A scratch clone (git clone --shared) at WORK_DIR is reset to the tag, patched, then
 #       go build -mod=vendor ./cmd/virt-controller
-#       go vet   -mod=vendor ./pkg/virt-controller/watch/vmi/...
-#       go test  -mod=vendor ./pkg/virt-controller/watch/vmi/...   (SKIP_TESTS=1: skip)
+#       go vet   -mod=vendor ./pkg/virt-controller/watch ./pkg/virt-controller/watch/vmi/...
+#       go test  -mod=vendor ./pkg/virt-controller/watch ./pkg/virt-controller/watch/vmi/...
+#     (SKIP_TESTS=1: no tests). pkg/virt-controller/watch is application.go's package, where
+#     the patch adds the flags; vmi/... is cleanupAttachmentPods' package and the gate.
 #     WORK_DIR defaults to ~/.cache/hotplug-watchdog/check-patch/kubevirt-$KUBEVIRT_VERSION and
 #     is kept between runs (reset each time), so the Go build cache stays warm: the cache
 #     keys on the source directory.
@@ -106,20 +108,21 @@ if [[ -n ${KUBEVIRT_DIR:-} ]]; then
 	cd "$KV"
 	step "go build -mod=vendor ./cmd/virt-controller" \
 		"${NICE[@]}" go build -mod=vendor -o "$TMP/virt-controller" ./cmd/virt-controller
-	step "go vet -mod=vendor ./pkg/virt-controller/watch/vmi/..." \
-		"${NICE[@]}" go vet -mod=vendor ./pkg/virt-controller/watch/vmi/...
+	PKGS=(./pkg/virt-controller/watch ./pkg/virt-controller/watch/vmi/...)
+	step "go vet -mod=vendor ${PKGS[*]}" \
+		"${NICE[@]}" go vet -mod=vendor "${PKGS[@]}"
 	if [[ ${SKIP_TESTS:-0} != 1 ]]; then
 		log=$WORK_DIR.test.log # kept: the whole -v output of the last run
-		run_tests() { "${NICE[@]}" go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/... >"$log" 2>&1; }
+		run_tests() { "${NICE[@]}" go test -mod=vendor -count=1 -v "${PKGS[@]}" >"$log" 2>&1; }
 		step_start=$SECONDS
-		echo "--- go test -mod=vendor -count=1 -v ./pkg/virt-controller/watch/vmi/..."
+		echo "--- go test -mod=vendor -count=1 -v ${PKGS[*]}"
 		if run_tests; then
 			test_summary "$log"
-			pass "go test ./pkg/virt-controller/watch/vmi/..."
+			pass "go test ${PKGS[*]}"
 		else
 			tail -n 60 "$log" >&2
 			test_summary "$log" >&2
-			fail "go test ./pkg/virt-controller/watch/vmi/... (log above)"
+			fail "go test ${PKGS[*]} (log above, whole log in $log)"
 		fi
 	fi
 	echo "RESULT: PASS ($((SECONDS - START))s, kubevirt $KUBEVIRT_VERSION vendored at $KV, $(go version | awk '{print $3}'))"
