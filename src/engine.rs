@@ -75,12 +75,6 @@ impl Engine {
         }
     }
 
-    /// The mount table does not show the kubelet root (see `sources::mounts::check_view`).
-    pub fn with_mount_view_mismatch(mut self, mismatch: bool) -> Self {
-        self.inventory.set_mount_view_mismatch(mismatch);
-        self
-    }
-
     /// Volume transitions also go to `/watch` readers.
     pub fn with_feed(mut self, feed: Feed) -> Self {
         self.feed = feed;
@@ -192,6 +186,7 @@ impl Engine {
                 }
                 self.replace_skipped(None, read.skipped);
                 self.inventory.apply(Observation::FullScan(read.scan));
+                self.check_mount_view();
                 if !self.health.is_ready() {
                     tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), "first full scan done; ready");
                 }
@@ -207,6 +202,21 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// The mount table must show the kubelet root read here, or filesystem volumes are
+    /// invisible: then not ready, nothing judged handoff-safe, and said once. Checked with
+    /// every full scan (the root may appear late, or a mount change mend it).
+    fn check_mount_view(&mut self) {
+        let result = crate::sources::mounts::check_view(&self.paths);
+        if result.is_err() != self.inventory.mount_view_mismatch() {
+            match &result {
+                Err(e) => tracing::error!("{e}"),
+                Ok(()) => tracing::info!("the mount table shows the kubelet root again"),
+            }
+        }
+        self.inventory.set_mount_view_mismatch(result.is_err());
+        self.health.set_unready("mount table", result.err());
     }
 
     /// Replaces the skipped entries under `dir` (all of them when `None`), logging new ones.

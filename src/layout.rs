@@ -113,7 +113,7 @@ pub enum SkipReason {
     DuplicateVolume,
     #[error("block node or image at the top of an attachment pod's directory")]
     UnexpectedInAttachmentPod,
-    #[error("unreadable")]
+    #[error("unreadable: {0}")]
     Unreadable(Errno),
 }
 
@@ -230,6 +230,7 @@ impl KubeletLayout {
             Ok(fd) => fd,
             Err(errno) => {
                 scan.unreadable = Some(errno);
+                scan.skipped.push(Skipped { path: self.pod_dir(uid), reason: SkipReason::Unreadable(errno) });
                 return scan;
             }
         };

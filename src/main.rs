@@ -130,21 +130,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    // The mount table must show the kubelet root read here, or filesystem volumes are
-    // invisible: said once, not ready, and nothing judged handoff-safe.
-    let mount_view = sources::mounts::check_view(&paths);
-    if let Err(e) = &mount_view {
-        tracing::error!("{e}");
-        health.set_unready("mount table", Some(e.clone()));
-    }
-
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let feed = Feed::default();
         let mut engine =
             Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
-                .with_feed(feed.clone())
-                .with_mount_view_mismatch(mount_view.is_err());
+                .with_feed(feed.clone());
         if let Some(node) = node_name.clone() {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;

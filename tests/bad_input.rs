@@ -173,7 +173,10 @@ fn unreadable_directory_is_reported_and_the_rest_still_scanned() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(volume_state(&report, "readable", "v").as_deref(), Some("ready"));
-    assert_eq!(skipped_reasons(&report, "locked/volumes/kubernetes.io~empty-dir/hotplug-disks"), ["unreadable"]);
+    assert_eq!(
+        skipped_reasons(&report, "locked/volumes/kubernetes.io~empty-dir/hotplug-disks"),
+        ["unreadable: EACCES: Permission denied"]
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

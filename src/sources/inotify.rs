@@ -59,7 +59,10 @@ struct TreeWatcher {
 struct Hangup;
 
 fn mask() -> WatchMask {
-    WatchMask::CREATE
+    // ATTRIB: a permission change can make a directory readable again (or not): the
+    // pod is read again, and an unreadable one is never left standing on old news.
+    WatchMask::ATTRIB
+        | WatchMask::CREATE
         | WatchMask::DELETE
         | WatchMask::MOVED_FROM
         | WatchMask::MOVED_TO
