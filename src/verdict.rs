@@ -11,10 +11,12 @@
 //! - `replaced`: the device number now belongs to another disk (its `diskseq` changed since
 //!   the volume was ready): the node reaches the wrong disk. Never `ready`.
 //!
-//! Per attachment pod: `handoff_safe` when deleting it now leaves every launcher device it
-//! serves still served by another attachment pod. Device numbers decide: a new pod with
-//! the same device (kernel rbd, one LUN) makes the old one safe to delete; a new pod with
-//! a new device (nbd, NVMe-oF, iSCSI session per pod) does not.
+//! Per attachment pod: [`HandoffReason`], whether deleting it now is safe (`True`), not
+//! (`False`: it alone serves a device the VM uses), or cannot be told (`Unknown`). Device
+//! numbers decide: a new pod with the same device (kernel rbd, one LUN) makes the old one
+//! safe to delete; a new pod with a new device (nbd, NVMe-oF, iSCSI session per pod) does
+//! not. In cluster mode the roles (which directory is whose launcher or attachment pod)
+//! come from the API only: a directory the API does not confirm decides nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -342,11 +344,8 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     let mut first_user: BTreeMap<&PodUid, &PodUid> = BTreeMap::new();
     if api.is_none() {
         for (&launcher, entries) in &launchers {
-            for entry in entries.values() {
-                let device = match entry {
-                    LauncherEntry::Block(d) => Some(*d),
-                    _ => None,
-                };
+            for (volume, entry) in entries.iter() {
+                let device = entry_device(inv, launcher, volume, entry).and_then(|(_, d)| d);
                 for pod in device.into_iter().flat_map(|d| served.backers(d)) {
                     first_user.entry(pod).or_insert(launcher);
                 }
@@ -374,14 +373,7 @@ pub fn judge(inv: &Inventory) -> Verdicts {
     let mut pending_filesystem: BTreeSet<&PodUid> = BTreeSet::new();
     for (&uid, entries) in &launchers {
         for (volume, entry) in entries.iter() {
-            let (mode, device) = match entry {
-                LauncherEntry::Block(dev) => (VolumeMode::Block, Some(*dev)),
-                LauncherEntry::Image => {
-                    let site = MountSite::LauncherImage { pod: uid.clone(), volume: volume.clone() };
-                    (VolumeMode::Filesystem, inv.mounts().get(&site).copied())
-                }
-                LauncherEntry::Directory => continue,
-            };
+            let Some((mode, device)) = entry_device(inv, uid, volume, entry) else { continue };
             // In cluster mode only the launcher's own attachment pods back its volumes: a
             // pod of another VM (or one the API does not confirm) serving the same number
             // is no backing it can count on.
@@ -522,6 +514,25 @@ pub fn judge(inv: &Inventory) -> Verdicts {
 }
 
 static NO_ENTRIES: BTreeMap<String, LauncherEntry> = BTreeMap::new();
+
+/// A launcher volume's mode and the device the VM reaches it through: its node's, or the
+/// device of what is mounted on its image (`None` while nothing is). Utility directories
+/// are no volume.
+fn entry_device(
+    inv: &Inventory,
+    launcher: &PodUid,
+    volume: &str,
+    entry: &LauncherEntry,
+) -> Option<(VolumeMode, Option<DevNum>)> {
+    match entry {
+        LauncherEntry::Block(dev) => Some((VolumeMode::Block, Some(*dev))),
+        LauncherEntry::Image => {
+            let site = MountSite::LauncherImage { pod: launcher.clone(), volume: volume.to_string() };
+            Some((VolumeMode::Filesystem, inv.mounts().get(&site).copied()))
+        }
+        LauncherEntry::Directory => None,
+    }
+}
 
 /// Whether deleting `pod` now is safe. First what makes protection moot (nothing of the
 /// VM is left to lose), then every doubt (each one `Unknown`), and only then the devices.
