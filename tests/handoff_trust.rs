@@ -3,8 +3,10 @@
 //! may hold a running VM's disk: here intruders and faults try to make the agent say it
 //! without positive evidence, and the agent says it promptly when nothing is left to protect.
 //!
-//! Each test failed on the agent before roles came from the API (intruders turned the
-//! victim's condition True within a second; an unreadable launcher read as "no volumes").
+//! What these tests guard against was seen on the agent before roles came from the API
+//! (issue #12: an intruder turned the victim's condition True within a second; an
+//! unreadable launcher read as "no volumes"); the tests were written against the fixed
+//! agent and not run against the old one.
 
 mod support;
 
