@@ -7,6 +7,7 @@ pub mod http;
 pub mod inventory;
 pub mod kmsg;
 pub mod layout;
+pub mod logging;
 pub mod metrics;
 pub mod mountinfo;
 pub mod notice;

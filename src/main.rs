@@ -4,7 +4,7 @@ use std::sync::{mpsc, Arc};
 use anyhow::Context;
 use clap::Parser;
 
-use hotplug_watchdog::cli::{Cli, Command, Format, LogFormat, RunArgs, ScanArgs};
+use hotplug_watchdog::cli::{Cli, Command, Format, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::feed::Feed;
@@ -77,15 +77,8 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .with_context(|| format!("bad --log-level {:?}", args.log_level))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    hotplug_watchdog::logging::init(&args.log_level, args.log_format)
+        .with_context(|| format!("bad --log-level {:?}", args.log_level))
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -49,6 +49,8 @@ fn odd_entries_are_skipped_and_symlinks_never_followed() {
     // Names a volume can't have in Kubernetes, but a tree can: reported, escaped.
     tree.launcher_block(L, "new\nline", disk.dev());
     tree.launcher_block(L, "quo\"te\\", disk.dev());
+    // A name that would forge a log line and repaint a terminal if logged as it is.
+    tree.launcher_block(L, "forged\n2026-01-01T00:00:00.000000Z  WARN fake: disk lost\u{1b}[2J", disk.dev());
     // A pod whose hotplug-disks is a symlink out of the tree, and a pod directory that is one.
     let sym_pod = tree.root.join("sym-pod/volumes/kubernetes.io~empty-dir");
     fs::create_dir_all(&sym_pod).unwrap();
@@ -101,6 +103,12 @@ fn odd_entries_are_skipped_and_symlinks_never_followed() {
         .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains(r"new\nline") && !table.contains("new\nline"), "{table}");
+
+    // Text logs escape names: the forged line stays inside the line that names it.
+    let log = agent.log();
+    assert!(log.contains(r"forged\n2026-01-01T00:00:00.000000Z  WARN fake: disk lost\u{1b}[2J"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01T00:00:00")), "a forged log line: {log}");
+    assert!(!log.contains('\u{1b}'), "an escape sequence reached the log: {log}");
 }
 
 fn promtool_check_metrics(text: &str) {
