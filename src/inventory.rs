@@ -11,10 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nix::errno::Errno;
-
 use crate::device::DevNum;
-use crate::layout::{MountSite, PodDisks, PodUid};
+use crate::layout::{MountSite, PodDisks, PodUid, Unreadable};
 
 /// Order of reads: higher was read later.
 pub type Seq = u64;
@@ -24,7 +22,7 @@ pub type Seq = u64;
 pub enum Observation {
     /// One pod directory, read whole. `disks: None`: no hotplug-disks directory (or no
     /// pod). `unreadable`: the read failed part of the way (see [`PodFact`]).
-    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks>, unreadable: Option<Errno> },
+    Pod { seq: Seq, uid: PodUid, disks: Option<PodDisks>, unreadable: Option<Unreadable> },
     /// A block device appeared in or left `/sys/dev/block` (a uevent, or a read of sysfs),
     /// with the identity of the disk behind the number when known (see [`DiskId`]).
     Device { seq: Seq, device: DevNum, present: bool, identity: Option<DiskId> },
@@ -41,8 +39,8 @@ pub struct FullScan {
     pub seq: Seq,
     /// Only pods that have a hotplug-disks directory.
     pub pods: BTreeMap<PodUid, PodDisks>,
-    /// Pods whose directory could not be read whole, with the error, and what was read.
-    pub unreadable: BTreeMap<PodUid, (Option<PodDisks>, Errno)>,
+    /// Pods whose directory could not be read whole, why, and what was read.
+    pub unreadable: BTreeMap<PodUid, (Option<PodDisks>, Unreadable)>,
     pub devices: BTreeSet<DevNum>,
     /// The identity of the disk behind each present device, where known.
     pub identities: BTreeMap<DevNum, DiskId>,
@@ -105,7 +103,7 @@ pub struct ApiAttachment {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodFact {
     pub disks: Option<PodDisks>,
-    pub unreadable: Option<Errno>,
+    pub unreadable: Option<Unreadable>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,7 +155,7 @@ impl Inventory {
 
     /// What a read of `uid` establishes: on an error, the last complete read stands (if
     /// any; else the partial one) and the pod is marked.
-    fn pod_fact(&self, uid: &PodUid, disks: Option<PodDisks>, unreadable: Option<Errno>) -> PodFact {
+    fn pod_fact(&self, uid: &PodUid, disks: Option<PodDisks>, unreadable: Option<Unreadable>) -> PodFact {
         match unreadable {
             None => PodFact { disks, unreadable },
             Some(_) => {
@@ -215,7 +213,7 @@ impl Inventory {
     }
 
     /// Why the last read of this pod's directory failed, if it did.
-    pub fn unreadable(&self, uid: &str) -> Option<Errno> {
+    pub fn unreadable(&self, uid: &str) -> Option<Unreadable> {
         self.pods.get(uid).and_then(|(_, f)| f.unreadable)
     }
 

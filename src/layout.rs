@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -81,12 +82,26 @@ pub struct PodScan {
     /// read at all (then `unreadable` says why).
     pub disks: Option<PodDisks>,
     pub skipped: Vec<Skipped>,
-    /// The first error other than "not there" met anywhere in the pod's hotplug tree
-    /// (EACCES, EMFILE, EIO, ...). The read is then incomplete: what is missing from
-    /// `disks` may still be there, so it proves nothing (a volume not listed is not a
-    /// volume gone). Absence (ENOENT) is not an error: it is what the pod looks like.
-    pub unreadable: Option<Errno>,
+    /// Why the pod's hotplug tree could not be read whole: the first error other than
+    /// "not there" (EACCES, EMFILE, EIO, ...), or more entries than the agent reads. The
+    /// read is then incomplete: what is missing from `disks` may still be there, so it
+    /// proves nothing (a volume not listed is not a volume gone). Absence (ENOENT) is not
+    /// an error: it is what the pod looks like.
+    pub unreadable: Option<Unreadable>,
 }
+
+/// Why a pod's hotplug tree could not be read whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    Error(Errno),
+    /// More than [`MAX_ENTRIES`] entries in one directory: the rest was not read.
+    TooManyEntries,
+}
+
+/// The most entries read from one hotplug-disks or volume directory. A tenant controls
+/// what its pods' emptyDirs hold; memory, series and watches must not follow. KubeVirt
+/// gives a VM far fewer hotplug volumes than this (each is a disk on the VM's controller).
+pub const MAX_ENTRIES: usize = 1024;
 
 /// Something in a watched tree that does not fit the layout, and why it was passed over.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,11 +130,13 @@ pub enum SkipReason {
     UnexpectedInAttachmentPod,
     #[error("unreadable: {0}")]
     Unreadable(Errno),
+    #[error("more than 1024 entries in one directory: the rest is not read")]
+    TooManyEntries,
 }
 
 impl SkipReason {
     /// Every value of [`SkipReason::metric_label`].
-    pub const METRIC_LABELS: [&'static str; 9] = [
+    pub const METRIC_LABELS: [&'static str; 10] = [
         "symlink",
         "non_utf8_name",
         "special_file",
@@ -129,6 +146,7 @@ impl SkipReason {
         "duplicate_volume",
         "unexpected_in_attachment_pod",
         "unreadable",
+        "too_many_entries",
     ];
 
     /// Bounded label value for metrics.
@@ -143,13 +161,15 @@ impl SkipReason {
             SkipReason::DuplicateVolume => "duplicate_volume",
             SkipReason::UnexpectedInAttachmentPod => "unexpected_in_attachment_pod",
             SkipReason::Unreadable(_) => "unreadable",
+            SkipReason::TooManyEntries => "too_many_entries",
         }
     }
 
-    /// The error behind an unreadable entry.
-    pub fn errno(&self) -> Option<Errno> {
+    /// Why the pod's read is incomplete, when this entry makes it so.
+    pub fn unreadable(&self) -> Option<Unreadable> {
         match self {
-            SkipReason::Unreadable(e) => Some(*e),
+            SkipReason::Unreadable(e) => Some(Unreadable::Error(*e)),
+            SkipReason::TooManyEntries => Some(Unreadable::TooManyEntries),
             _ => None,
         }
     }
@@ -215,6 +235,8 @@ impl KubeletLayout {
                 Err(Errno::ENOENT) => {} // went away while we listed
                 Err(e) => skipped.push(Skipped { path, reason: SkipReason::Unreadable(e) }),
             }
+            // Only the kubelet makes pod directories (a node runs a bounded number of pods).
+            ControlFlow::Continue(())
         })
         .map_err(|errno| LayoutError::RootUnreadable { path: self.root.clone(), errno })?;
         pods.sort();
@@ -229,7 +251,7 @@ impl KubeletLayout {
         let mut fd = match open_root(&self.root) {
             Ok(fd) => fd,
             Err(errno) => {
-                scan.unreadable = Some(errno);
+                scan.unreadable = Some(Unreadable::Error(errno));
                 scan.skipped.push(Skipped { path: self.pod_dir(uid), reason: SkipReason::Unreadable(errno) });
                 return scan;
             }
@@ -242,7 +264,7 @@ impl KubeletLayout {
                     // Only the kubelet (root) makes these directories: anything but
                     // absence here means the read failed, not that there is nothing.
                     if let Some(reason) = open_failure_reason(&fd, component, errno) {
-                        scan.unreadable = Some(reason.errno().unwrap_or(errno));
+                        scan.unreadable = Some(reason.unreadable().unwrap_or(Unreadable::Error(errno)));
                         scan.skipped.push(Skipped { path, reason });
                     }
                     return scan;
@@ -250,10 +272,22 @@ impl KubeletLayout {
             };
         }
         let mut reader = HotplugDirReader::new(&path);
-        if let Err(errno) = for_each_entry(fd, |dir, name| reader.entry(dir, name)) {
-            scan.unreadable = Some(errno);
+        let mut entries = 0;
+        let listed = for_each_entry(fd, |dir, name| {
+            entries += 1;
+            if entries > MAX_ENTRIES {
+                return ControlFlow::Break(());
+            }
+            reader.entry(dir, name);
+            ControlFlow::Continue(())
+        });
+        if let Err(errno) = listed {
+            scan.unreadable = Some(Unreadable::Error(errno));
             scan.skipped.push(Skipped { path, reason: SkipReason::Unreadable(errno) });
             return scan;
+        }
+        if entries > MAX_ENTRIES {
+            reader.skip(path.clone(), SkipReason::TooManyEntries);
         }
         scan.skipped.append(&mut reader.skipped);
         scan.unreadable = reader.unreadable;
@@ -302,8 +336,8 @@ struct HotplugDirReader<'a> {
     launcher: BTreeMap<String, LauncherEntry>,
     attachment: BTreeMap<String, DevNum>,
     skipped: Vec<Skipped>,
-    /// The first read error (not absence) inside the directory.
-    unreadable: Option<Errno>,
+    /// The first read error (not absence) inside the directory, or too many entries.
+    unreadable: Option<Unreadable>,
 }
 
 impl<'a> HotplugDirReader<'a> {
@@ -319,8 +353,8 @@ impl<'a> HotplugDirReader<'a> {
     }
 
     fn skip(&mut self, path: PathBuf, reason: SkipReason) {
-        if let Some(errno) = reason.errno() {
-            self.unreadable.get_or_insert(errno);
+        if let Some(why) = reason.unreadable() {
+            self.unreadable.get_or_insert(why);
         }
         self.skipped.push(Skipped { path, reason });
     }
@@ -378,19 +412,29 @@ impl<'a> HotplugDirReader<'a> {
             }
         };
         let mut nodes: Vec<(String, DevNum)> = Vec::new();
-        let mut stat_error = None;
-        let listed = for_each_entry(sub, |subdir, child| match fstatat(subdir, child, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if file_kind(st.st_mode) == SFlag::S_IFBLK => {
-                let child = String::from_utf8_lossy(child.to_bytes()).into_owned();
-                nodes.push((child, DevNum::from_raw(st.st_rdev)));
+        let (mut stat_error, mut entries) = (None, 0);
+        let listed = for_each_entry(sub, |subdir, child| {
+            entries += 1;
+            if entries > MAX_ENTRIES {
+                return ControlFlow::Break(());
             }
-            Ok(_) | Err(Errno::ENOENT) => {}
-            Err(e) => {
-                stat_error.get_or_insert(e);
+            match fstatat(subdir, child, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if file_kind(st.st_mode) == SFlag::S_IFBLK => {
+                    let child = String::from_utf8_lossy(child.to_bytes()).into_owned();
+                    nodes.push((child, DevNum::from_raw(st.st_rdev)));
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    stat_error.get_or_insert(e);
+                }
             }
+            ControlFlow::Continue(())
         });
         if let Some(errno) = listed.err().or(stat_error) {
             return self.skip(path, SkipReason::Unreadable(errno));
+        }
+        if entries > MAX_ENTRIES {
+            return self.skip(path, SkipReason::TooManyEntries);
         }
         nodes.sort();
         let mut nodes = nodes.into_iter();
@@ -438,8 +482,8 @@ fn open_failure_reason<P: ?Sized + nix::NixPath>(parent: &OwnedFd, name: &P, err
     }
 }
 
-/// Calls `f(dir_fd, name)` for every entry but `.` and `..`.
-fn for_each_entry(fd: OwnedFd, mut f: impl FnMut(&OwnedFd, &CStr)) -> Result<(), Errno> {
+/// Calls `f(dir_fd, name)` for every entry but `.` and `..`, until it says stop.
+fn for_each_entry(fd: OwnedFd, mut f: impl FnMut(&OwnedFd, &CStr) -> ControlFlow<()>) -> Result<(), Errno> {
     // Keep a second descriptor for the *at calls: Dir owns and iterates the first.
     let at = fd.try_clone().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     let mut dir = Dir::from_fd(fd)?;
@@ -449,7 +493,9 @@ fn for_each_entry(fd: OwnedFd, mut f: impl FnMut(&OwnedFd, &CStr)) -> Result<(),
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
-        f(&at, name);
+        if f(&at, name).is_break() {
+            break;
+        }
     }
     Ok(())
 }

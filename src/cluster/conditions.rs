@@ -108,10 +108,10 @@ fn handoff_safe(verdicts: &Verdicts, a: &AttachmentVerdict) -> Desired {
             format!("only this pod serves the VM's {}: deleting it would tear the disk down", orphans.join(", "))
         }
         DirectoryUnreadable => {
-            "the pod's hotplug-disks directory could not be read: what it serves is not known".into()
+            "the pod's hotplug-disks directory could not be read whole (a read error, or too many entries): what it serves is not known".into()
         }
         LauncherUnreadable => {
-            "the launcher's hotplug-disks directory could not be read: what the VM uses is not known".into()
+            "the launcher's hotplug-disks directory could not be read whole (a read error, or too many entries): what the VM uses is not known".into()
         }
         LauncherNotConfirmed => {
             "the API does not show this pod's launcher on the node (yet): what it serves is not known".into()

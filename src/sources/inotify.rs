@@ -17,7 +17,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use super::health::Heartbeat;
 use super::{sysfs, Message, NodePaths, RescanReason, Sender, SeqClock, SourceKind};
 use crate::inventory::Observation;
-use crate::layout::{KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH};
+use crate::layout::{KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH, MAX_ENTRIES};
 
 /// What a watch descriptor watches.
 #[derive(Clone, Debug)]
@@ -144,10 +144,12 @@ impl TreeWatcher {
             }
         }
         // Volume directories inside hotplug-disks: an attachment pod's `<volume>/<pvcUID>`.
+        // As many as the reader reads (a tenant's emptyDir may hold any number): watches
+        // come out of the node's inotify quota.
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        for entry in entries.flatten() {
+        for entry in entries.take(MAX_ENTRIES).flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 self.watch(&entry.path(), uid);
             }

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, Finished, FullScan, Observation, Seq};
+use crate::layout::Unreadable;
 
 const L1: &str = "launcher-1";
 const L2: &str = "launcher-2";
@@ -613,7 +614,12 @@ fn unreadable_directories_keep_what_was_read_and_are_unknown() {
     assert_eq!(handoff_of(&judge(&inv), A1), HandoffReason::SoleBacker);
     // The attachment pod's directory turns unreadable (EACCES, EMFILE, EIO): its volumes are
     // not forgotten, and it is not judged safe.
-    inv.apply(Observation::Pod { seq: 2, uid: A1.into(), disks: None, unreadable: Some(Errno::EMFILE) });
+    inv.apply(Observation::Pod {
+        seq: 2,
+        uid: A1.into(),
+        disks: None,
+        unreadable: Some(Unreadable::Error(Errno::EMFILE)),
+    });
     let v = judge(&inv);
     assert_eq!(handoff_of(&v, A1), HandoffReason::DirectoryUnreadable);
     assert_eq!(v.attachment_pods[A1].volumes, BTreeSet::from(["disk1".to_string()]));
@@ -624,14 +630,19 @@ fn unreadable_directories_keep_what_was_read_and_are_unknown() {
     // The launcher's directory turns unreadable, even partly (an empty partial read):
     // what the VM uses is not known; its volumes stay as last read.
     let partial = Some(PodDisks::Launcher(BTreeMap::new()));
-    inv.apply(Observation::Pod { seq: 4, uid: L1.into(), disks: partial, unreadable: Some(Errno::EACCES) });
+    inv.apply(Observation::Pod {
+        seq: 4,
+        uid: L1.into(),
+        disks: partial,
+        unreadable: Some(Unreadable::Error(Errno::EACCES)),
+    });
     let v = judge(&inv);
     assert_eq!(handoff_of(&v, A1), HandoffReason::LauncherUnreadable);
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
     // A full scan that cannot read the launcher keeps it too.
     let mut scan = victim().scan(5);
     scan.pods.remove(L1);
-    scan.unreadable.insert(L1.into(), (None, Errno::EIO));
+    scan.unreadable.insert(L1.into(), (None, Unreadable::Error(Errno::EIO)));
     inv.apply(Observation::FullScan(scan));
     let v = judge(&inv);
     assert_eq!(handoff_of(&v, A1), HandoffReason::LauncherUnreadable);
