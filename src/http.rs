@@ -2,25 +2,65 @@
 //! `/healthz` (fails when a loop stalled or died), `/readyz` (after the first full scan),
 //! `/scan` (the node report as JSON, the same document as `hotplug-watchdog scan --format
 //! json`) and `/watch` (volume transitions as they happen, one JSON line each).
+//!
+//! Who may read what: `/metrics` and the probes are for anyone who reaches the port (the
+//! scraper, the kubelet). `/scan` and `/watch` name every tenant's namespace, VMI, pod UIDs
+//! and device numbers: they answer only connections from loopback, i.e. from inside the
+//! agent's own pod (`kubectl port-forward`, `kubectl exec`) or, on a host install, the host.
+//! Checking a bearer token with TokenReview and SubjectAccessReview instead would put the
+//! API server on every request and need cluster-wide `create` on both reviews; loopback
+//! needs neither.
+//!
+//! Limits, so that a client on the network cannot starve the agent: a connection must send
+//! its request head within [`Limits::header_read_timeout`], at most
+//! [`Limits::max_header_bytes`] of it; at most [`Limits::max_connections`] connections are
+//! served at once, at most [`Limits::max_connections_per_peer`] from one address (more are
+//! closed at once, counted: one client holding connections open cannot lock the scraper
+//! out), and at most [`Limits::max_watch_streams`] of them may be `/watch` streams.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use axum::body::Body;
 use futures::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::feed::Feed;
 use crate::metrics::{Exposition, Metrics, SharedPublished};
 use crate::report::Report;
 use crate::sources::health::Health;
+
+/// What one client can take of the agent.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub max_watch_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+            max_connections: 256,
+            max_connections_per_peer: 16,
+            max_watch_streams: 8,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +71,8 @@ pub struct AppState {
     pub feed: Feed,
     /// Turns true at shutdown.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Permits for `/watch` streams.
+    pub watch_streams: Arc<Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,13 +105,31 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn scan(State(s): State<AppState>) -> impl IntoResponse {
-    let p = s.published.read().unwrap_or_else(|e| e.into_inner());
-    let report = Report::new(&p.verdicts, &p.names, &p.skipped, &p.io_errors);
-    ([(header::CONTENT_TYPE, "application/json")], report.to_json())
+/// `/scan` and `/watch` answer loopback peers only (see the module documentation).
+fn local_only(peer: &SocketAddr) -> Result<(), Response> {
+    if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    let body = "forbidden: /scan and /watch answer only from inside the agent's pod or host (kubectl port-forward)\n";
+    Err((StatusCode::FORBIDDEN, body).into_response())
 }
 
-async fn watch(State(s): State<AppState>) -> impl IntoResponse {
+async fn scan(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Err(refused) = local_only(&peer) {
+        return refused;
+    }
+    let p = s.published.read().unwrap_or_else(|e| e.into_inner());
+    let report = Report::new(&p.verdicts, &p.names, &p.skipped, &p.io_errors);
+    ([(header::CONTENT_TYPE, "application/json")], report.to_json()).into_response()
+}
+
+async fn watch(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Err(refused) = local_only(&peer) {
+        return refused;
+    }
+    let Ok(permit) = s.watch_streams.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many /watch streams\n").into_response();
+    };
     let lines = futures::stream::unfold(s.feed.subscribe(), |mut rx| async move {
         let line = match rx.recv().await {
             Ok(line) => format!("{line}\n"),
@@ -79,18 +139,106 @@ async fn watch(State(s): State<AppState>) -> impl IntoResponse {
         Some((Ok::<_, std::convert::Infallible>(line), rx))
     });
     let mut stopping = s.stopping.clone();
-    let lines = lines.take_until(async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    });
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines))
+    // The permit lives as long as the stream.
+    let lines = lines
+        .take_until(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        })
+        .map(move |line| {
+            let _held = &permit;
+            line
+        });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response()
 }
 
+/// Open connections by peer address.
+struct Peers {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+/// One open connection of a peer; closing it gives the slot back.
+struct PeerPermit(Arc<Peers>, std::net::IpAddr);
+
+impl Peers {
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPermit(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown`, then lets open requests finish (a `/watch` stream ends at
+/// shutdown by itself).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let refused = state.metrics.http_connections_refused_total.clone();
+    let app = router(state);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(Peers { open: Default::default(), max: limits.max_connections_per_peer });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: wait rather than spin;
+                    // the node side does not depend on HTTP.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (Ok(permit), Some(peer_permit)) = (connections.clone().try_acquire_owned(), peers.acquire(peer.ip()))
+        else {
+            refused.inc();
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // Errors here are the client's (a reset, a header read timeout).
+            let _ = conn.await;
+            drop((permit, peer_permit));
+        });
+    }
+    drop(listener);
+    // Requests under way get a moment; a client that keeps a connection open does not
+    // hold the shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

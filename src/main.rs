@@ -156,8 +156,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(mode, node = ?node_name, listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running");
         // `/watch` streams end at shutdown, so that graceful shutdown does not wait on them.
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let state = http::AppState { metrics, published, health, stall_after: args.stall_timeout, feed, stopping };
-        http::serve(listener, state, async move {
+        let limits = http::Limits::default();
+        let watch_streams = Arc::new(tokio::sync::Semaphore::new(limits.max_watch_streams));
+        let state =
+            http::AppState { metrics, published, health, stall_after: args.stall_timeout, feed, stopping, watch_streams };
+        http::serve(listener, state, limits, async move {
             shutdown_signal().await;
             let _ = stopping_tx.send(true);
         })

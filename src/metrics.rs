@@ -139,6 +139,7 @@ pub struct Metrics {
     pub api_requests_total: Family<VerbLabel, Counter>,
     pub events_total: Family<EventLabels, Counter>,
     pub status_writes_total: Family<WriteLabels, Counter>,
+    pub http_connections_refused_total: Counter,
 }
 
 impl Metrics {
@@ -161,6 +162,12 @@ impl Metrics {
             "volume_io_errors",
             "Block-layer I/O errors the kernel logged for the volume's device",
             io_errors_total.clone(),
+        );
+        let http_connections_refused_total = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because the agent already served its limit of connections",
+            http_connections_refused_total.clone(),
         );
         let kmsg_lost_total = Counter::default();
         registry.register(
@@ -261,6 +268,7 @@ impl Metrics {
             api_requests_total,
             events_total,
             status_writes_total,
+            http_connections_refused_total,
         }
     }
 

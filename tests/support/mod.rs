@@ -389,14 +389,28 @@ impl Agent {
         let mut args: Vec<std::ffi::OsString> = vec!["--node-name".into(), node.into(), "--kubeconfig".into()];
         args.push(kubeconfig.into());
         args.extend(extra.iter().map(Into::into));
-        Self::launch_with(kubelet_root, Path::new("/proc/self/mountinfo"), &args, true)
+        Self::launch_with(kubelet_root, Path::new("/proc/self/mountinfo"), &args, true, "127.0.0.1")
+    }
+
+    /// Standalone, listening on every address of the machine (the default of a real
+    /// install), not only loopback.
+    pub fn start_on_all_addresses(kubelet_root: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["--standalone".into()];
+        args.extend(extra.iter().map(Into::into));
+        Self::launch_with(kubelet_root, Path::new("/proc/self/mountinfo"), &args, false, "0.0.0.0")
     }
 
     fn launch(kubelet_root: &Path, mountinfo: &Path, args: &[std::ffi::OsString]) -> Self {
-        Self::launch_with(kubelet_root, mountinfo, args, false)
+        Self::launch_with(kubelet_root, mountinfo, args, false, "127.0.0.1")
     }
 
-    fn launch_with(kubelet_root: &Path, mountinfo: &Path, args: &[std::ffi::OsString], drop_dac: bool) -> Self {
+    fn launch_with(
+        kubelet_root: &Path,
+        mountinfo: &Path,
+        args: &[std::ffi::OsString],
+        drop_dac: bool,
+        listen_host: &str,
+    ) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = Command::new(agent_binary());
@@ -421,7 +435,7 @@ impl Agent {
             .env("HOTPLUG_WATCHDOG_LOG_LEVEL", "debug")
             .env_remove("NODE_NAME")
             .args(["run", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{listen_host}:{port}"))
             .arg("--kubelet-root")
             .arg(kubelet_root)
             .arg("--mountinfo")
