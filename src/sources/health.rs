@@ -42,6 +42,20 @@ impl Heartbeat {
 
 pub struct HeartbeatGuard(Arc<Heartbeat>);
 
+/// Spawns a task of the cluster side on the tokio runtime under a heartbeat named `name`:
+/// when it ends, by return or by panic (unwinding drops the guard), `/healthz` fails and
+/// names it, as for the node's loops. These tasks are meant to run for the agent's life.
+pub fn spawn_supervised<F>(health: &Health, name: &'static str, task: F) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let guard = health.register(name).guard();
+    tokio::spawn(async move {
+        let _guard = guard;
+        task.await;
+    })
+}
+
 impl Drop for HeartbeatGuard {
     fn drop(&mut self) {
         self.0.alive.store(false, Ordering::Relaxed);
@@ -112,16 +126,55 @@ impl Health {
 
     /// `Err` says every reason the agent is not ready.
     pub fn readiness(&self) -> Result<(), String> {
+        self.readiness_apart_from(None)
+    }
+
+    /// Readiness leaving out one reason of [`Health::set_unready`] (the lease asks whether
+    /// everything but itself is ready).
+    pub fn readiness_apart_from(&self, name: Option<&str>) -> Result<(), String> {
         let mut reasons = Vec::new();
         if !self.is_ready() {
             reasons.push("node: no full scan of the node yet".to_string());
         }
         let unready = self.unready.lock().unwrap_or_else(|e| e.into_inner());
-        reasons.extend(unready.iter().map(|(name, why)| format!("{name}: {why}")));
+        reasons.extend(unready.iter().filter(|(n, _)| Some(**n) != name).map(|(name, why)| format!("{name}: {why}")));
         if reasons.is_empty() {
             Ok(())
         } else {
             Err(reasons.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_apart_from_leaves_out_one_reason() {
+        let h = Health::default();
+        h.set_ready(true);
+        h.set_unready("lease writes", Some("not written yet".into()));
+        assert_eq!(h.readiness(), Err("lease writes: not written yet".into()));
+        assert_eq!(h.readiness_apart_from(Some("lease writes")), Ok(()));
+        h.set_unready("pod watch", Some("not synced yet".into()));
+        assert_eq!(h.readiness_apart_from(Some("lease writes")), Err("pod watch: not synced yet".into()));
+    }
+
+    #[test]
+    fn a_supervised_task_that_ends_or_panics_fails_the_check() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let h = Arc::new(Health::default());
+        rt.block_on(async {
+            let forever = spawn_supervised(&h, "forever", std::future::pending());
+            tokio::task::yield_now().await;
+            assert_eq!(h.check(Duration::from_secs(60)), Ok(()));
+            spawn_supervised(&h, "ends", async {}).await.unwrap();
+            assert_eq!(h.check(Duration::from_secs(60)), Err("ends: loop ended".into()));
+            let panicked = spawn_supervised(&h, "panics", async { panic!("test panic") }).await;
+            assert!(panicked.unwrap_err().is_panic());
+            assert_eq!(h.check(Duration::from_secs(60)), Err("ends: loop ended; panics: loop ended".into()));
+            forever.abort();
+        });
     }
 }
