@@ -331,7 +331,9 @@ pub async fn run(
     let mut failures = WriteHealth::new(LEASE, health.clone(), failing);
     failures.not_written_yet("not written yet");
     let mut renewer = Renewer::new(config.renew_interval);
-    let mut held_back = false;
+    // Held back at start (until the node is read and the watches are in sync: /readyz
+    // says so); a hold after the lease was written is worth a line in the log.
+    let (mut held_back, mut ever_written) = (true, false);
     let patch_params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let post_params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     tracing::info!(namespace = %config.namespace, lease = %config.name, holder = %config.holder, duration = ?config.duration, renew_interval = ?config.renew_interval, "keeping this node's lease");
@@ -344,7 +346,7 @@ pub async fn run(
             tokio::time::sleep(FIRST_RETRY.min(config.renew_interval)).await;
             continue;
         }
-        if std::mem::take(&mut held_back) {
+        if std::mem::take(&mut held_back) && ever_written {
             tracing::info!("renewing the lease again");
         }
         let write = renewer.next();
@@ -369,6 +371,7 @@ pub async fn run(
                 tracing::info!(lease = %config.name, "lease written again");
             }
             failures.succeeded(&config.name);
+            ever_written = true;
         } else if renewer.is_failure(answer) {
             let error = error_text(&result, config.write_timeout());
             if !failures.is_failing() {
