@@ -226,7 +226,10 @@ fn an_agent_on_the_wrong_node_is_refused_its_lease_by_admission() {
         status == 503 && body.contains("lease writes: failing") && body.contains("own node")
     });
     let (_, body) = agent.get("/readyz");
-    assert!(!body.contains("watch"), "only the lease is in the way: {body}");
+    for other in ["node:", "pod watch", "VMI watch", "pod_conditions"] {
+        assert!(!body.contains(other), "only the lease is in the way: {body}");
+    }
+    assert!(body.contains("ValidatingAdmissionPolicy 'hotplug-watchdog-lease-restriction'"), "{body}");
     let m = agent.metrics();
     assert!(lease_writes(&m, "forbidden") >= 1.0, "the policy's refusal is a 403: {m}");
     assert_eq!(lease_writes(&m, "ok"), 0.0);

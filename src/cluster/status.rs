@@ -98,6 +98,8 @@ pub(crate) fn error_text<T>(
     timeout: Duration,
 ) -> String {
     match result {
+        // The server's own words, without the Status object's debug dump.
+        Ok(Err(kube::Error::Api(s))) => format!("{} ({} {})", s.message, s.code, s.reason),
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("timed out after {timeout:?}"),
         Ok(Ok(_)) => "no error".into(),
