@@ -136,7 +136,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut engine =
             Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
                 .with_feed(feed.clone());
-        if let Some(node) = node_name.clone() {
+        if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -167,7 +167,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             spawn_supervised(&health, "events", events);
             let lease = cluster::lease::run(
                 client,
-                lease.expect("cluster mode has a lease"),
+                lease,
                 health.clone(),
                 args.stall_timeout,
                 metrics.status_writes_total.clone(),
