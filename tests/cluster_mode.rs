@@ -325,9 +325,16 @@ fn steady_state_api_requests_are_lease_renewals_only() {
         renewals * 3600.0 / elapsed
     );
     assert!(before[0].1 >= 2.0, "two watches opened: {before:?}");
+    // kube's watcher asks the server to end each watch after 290 s and opens it again from
+    // the last resourceVersion: no list, one request. Over a longer window that is the one
+    // other request.
+    let watch_reopens = if elapsed < 280.0 { 0.0 } else { 2.0 * (elapsed / 290.0).ceil() };
     for ((verb, b), (_, a)) in before.iter().zip(after.iter()) {
-        let expected = if *verb == "patch" { renewals } else { 0.0 };
-        assert_eq!(a - b, expected, "{verb} requests in a steady state (lease renewals: {renewals})");
+        match *verb {
+            "patch" => assert_eq!(a - b, renewals, "patch requests are the lease's renewals"),
+            "watch" => assert!(a - b <= watch_reopens, "{} watches opened in {elapsed:.0} s", a - b),
+            _ => assert_eq!(a - b, 0.0, "{verb} requests in a steady state"),
+        }
     }
     // Every 10 s, each one written: one more or fewer at the window's edges.
     let expected = elapsed / 10.0;

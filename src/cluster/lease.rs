@@ -337,13 +337,20 @@ pub async fn run(
     let patch_params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let post_params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     tracing::info!(namespace = %config.namespace, lease = %config.name, holder = %config.holder, duration = ?config.duration, renew_interval = ?config.renew_interval, "keeping this node's lease");
+    let mut changes = health.subscribe();
     loop {
+        changes.borrow_and_update();
         if let Err(why) = may_renew(health.check(stall_after), health.readiness_apart_from(Some(LEASE.readiness))) {
             if !held_back {
                 tracing::warn!(reason = %why, "not renewing the lease while the agent is not healthy and ready; consumers will see it run out");
                 held_back = true;
             }
-            tokio::time::sleep(FIRST_RETRY.min(config.renew_interval)).await;
+            // Readiness changes wake it at once (at start: the first write follows the last
+            // watch's sync within a moment); a stall is looked at again every second.
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(FIRST_RETRY.min(config.renew_interval)) => {}
+            }
             continue;
         }
         if std::mem::take(&mut held_back) && ever_written {

@@ -13,6 +13,8 @@ pub struct Health {
     ready: AtomicBool,
     /// Other reasons not to be ready (an API watch out of sync), by name.
     unready: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// Counts readiness changes, for a task that waits for one (the lease).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -69,6 +71,7 @@ impl Default for Health {
             loops: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             unready: Mutex::new(Default::default()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -109,6 +112,12 @@ impl Health {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes on every readiness change (`set_ready`, `set_unready`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -122,6 +131,8 @@ impl Health {
             Some(why) => unready.insert(name, why),
             None => unready.remove(name),
         };
+        drop(unready);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// `Err` says every reason the agent is not ready.
