@@ -115,6 +115,21 @@ pub struct RunArgs {
     /// deploy/optional/vmi-volume-status-rbac.yaml; stock KubeVirt puts such writes back).
     #[arg(long, env = "HOTPLUG_WATCHDOG_VMI_VOLUME_STATUS", value_enum, default_value = "off")]
     pub vmi_volume_status: crate::cluster::status::VmiStatusMode,
+    /// Namespace of this node's Lease, hotplug-watchdog-<node> (the agent's own: the
+    /// DaemonSet passes its pod's namespace).
+    #[arg(long, env = "HOTPLUG_WATCHDOG_LEASE_NAMESPACE", default_value = crate::cluster::lease::DEFAULT_NAMESPACE)]
+    pub lease_namespace: String,
+    /// How long the Lease says the agent is alive after each renewal: whole seconds, at
+    /// most 60s.
+    #[arg(long, env = "HOTPLUG_WATCHDOG_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the Lease is renewed: at most 20s and less than half of --lease-duration.
+    #[arg(long, env = "HOTPLUG_WATCHDOG_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
+    /// This agent's pod name, for the Lease's holderIdentity <node>/<pod> (from the
+    /// downward API in a pod); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Address for /metrics, /healthz, /readyz and /scan.
     #[arg(long, env = "HOTPLUG_WATCHDOG_LISTEN", default_value = "0.0.0.0:9746")]
     pub listen: SocketAddr,

@@ -216,7 +216,7 @@ impl Engine {
             }
         }
         self.inventory.set_mount_view_mismatch(result.is_err());
-        self.health.set_unready("mount table", result.err());
+        self.health.set_unready(crate::sources::health::MOUNT_TABLE_READINESS, result.err());
     }
 
     /// Replaces the skipped entries under `dir` (all of them when `None`), logging new ones.

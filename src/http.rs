@@ -105,17 +105,18 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// `/scan` and `/watch` answer loopback peers only (see the module documentation).
-fn local_only(peer: &SocketAddr) -> Result<(), Response> {
-    if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
-        return Ok(());
+/// `/scan` and `/watch` answer loopback peers only (see the module documentation): the
+/// refusal, or `None` for a local peer.
+fn refuse_remote(peer: &SocketAddr) -> Option<Response> {
+    if peer.ip().to_canonical().is_loopback() {
+        return None;
     }
     let body = "forbidden: /scan and /watch answer only from inside the agent's pod or host (kubectl port-forward)\n";
-    Err((StatusCode::FORBIDDEN, body).into_response())
+    Some((StatusCode::FORBIDDEN, body).into_response())
 }
 
 async fn scan(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if let Err(refused) = local_only(&peer) {
+    if let Some(refused) = refuse_remote(&peer) {
         return refused;
     }
     let p = s.published.read().unwrap_or_else(|e| e.into_inner());
@@ -124,7 +125,7 @@ async fn scan(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAd
 }
 
 async fn watch(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if let Err(refused) = local_only(&peer) {
+    if let Some(refused) = refuse_remote(&peer) {
         return refused;
     }
     let Ok(permit) = s.watch_streams.clone().try_acquire_owned() else {

@@ -12,7 +12,7 @@ use hotplug_watchdog::http;
 use hotplug_watchdog::inventory::{Inventory, Observation};
 use hotplug_watchdog::metrics::{Metrics, SharedPublished};
 use hotplug_watchdog::report::Report;
-use hotplug_watchdog::sources::health::Health;
+use hotplug_watchdog::sources::health::{spawn_supervised, Health};
 use hotplug_watchdog::sources::{self, read_node, SeqClock};
 use hotplug_watchdog::verdict::judge;
 
@@ -90,6 +90,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             anyhow::bail!("cluster mode needs --node-name (or NODE_NAME); pass --standalone to run without Kubernetes")
         }
     };
+    // The lease's name and timing are checked before anything starts, too.
+    let lease = match &node_name {
+        Some(node) => Some(lease_config(&args, node)?),
+        None => None,
+    };
     init_logging(&args)?;
     let paths = args.node.paths();
     let (tx, rx) = mpsc::channel();
@@ -129,22 +134,44 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut engine =
             Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
                 .with_feed(feed.clone());
-        if let Some(node) = node_name.clone() {
+        if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
             let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
             let events_tx_for_status = events_tx.clone();
             engine = engine.with_cluster_sinks(events_tx, status_tx);
-            let conditions = cluster::status::ConditionWriter::new(client.clone(), metrics.status_writes_total.clone());
+            let condition_failures = cluster::write_health::WriteHealth::new(
+                cluster::write_health::POD_CONDITIONS,
+                health.clone(),
+                metrics.writes_failing(cluster::write_health::POD_CONDITIONS),
+            );
+            let conditions = cluster::status::ConditionWriter::new(
+                client.clone(),
+                metrics.status_writes_total.clone(),
+                condition_failures,
+            );
             let volume_status = cluster::status::VmiStatusWriter::new(
                 client.clone(),
                 args.vmi_volume_status,
                 metrics.status_writes_total.clone(),
                 Some(events_tx_for_status),
             );
-            tokio::spawn(cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions, volume_status));
-            tokio::spawn(cluster::events::run(client, node, events_rx, metrics.events_total.clone()));
+            // Every cluster task is supervised: one that ends or panics fails /healthz.
+            let watch =
+                cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions, volume_status);
+            spawn_supervised(&health, "cluster watch", watch);
+            let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
+            spawn_supervised(&health, "events", events);
+            let lease = cluster::lease::run(
+                client,
+                lease,
+                health.clone(),
+                args.stall_timeout,
+                metrics.status_writes_total.clone(),
+                metrics.writes_failing(cluster::write_health::LEASE),
+            );
+            spawn_supervised(&health, "lease", lease);
         } else {
             drop(tx);
         }
@@ -168,6 +195,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shut down");
         anyhow::Ok(())
     })
+}
+
+/// This node's lease, from the flags; a bad name or timing stops the agent at start.
+fn lease_config(args: &RunArgs, node: &str) -> anyhow::Result<cluster::lease::LeaseConfig> {
+    let pod = match args.pod_name.as_deref() {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => nix::unistd::gethostname()?.into_string().map_err(|_| anyhow::anyhow!("host name is not UTF-8"))?,
+    };
+    Ok(cluster::lease::LeaseConfig::new(
+        node,
+        &args.lease_namespace,
+        &pod,
+        args.lease_duration,
+        args.lease_renew_interval,
+    )?)
 }
 
 async fn shutdown_signal() {

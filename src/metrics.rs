@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::write_health;
 use crate::layout::{PodUid, SkipReason};
 use crate::notice::NoticeKind;
 use crate::report::PodNames;
@@ -84,6 +85,11 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
 }
@@ -140,6 +146,7 @@ pub struct Metrics {
     pub events_total: Family<EventLabels, Counter>,
     pub status_writes_total: Family<WriteLabels, Counter>,
     pub http_connections_refused_total: Counter,
+    pub status_writes_failing: Family<KindLabel, Gauge>,
 }
 
 impl Metrics {
@@ -219,13 +226,22 @@ impl Metrics {
         let status_writes_total = Family::<WriteLabels, Counter>::default();
         registry.register(
             "status_writes",
-            "Status writes to cluster objects, by kind (pod_conditions, vmi_volume_status) and result",
+            "Writes to cluster objects, by kind (lease, pod_conditions, vmi_volume_status) and result",
             status_writes_total.clone(),
         );
-        for kind in ["pod_conditions", "vmi_volume_status"] {
-            for result in ["ok", "conflict", "forbidden", "not_found", "test_failed", "reverted", "error"] {
+        for kind in ["lease", "pod_conditions", "vmi_volume_status"] {
+            for result in crate::cluster::status::RESULTS {
                 status_writes_total.get_or_create(&WriteLabels { kind, result }).inc_by(0);
             }
+        }
+        let status_writes_failing = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "status_writes_failing",
+            "1 while writes of this kind (lease, pod_conditions) are refused or failing: /readyz fails and names the kind until they succeed again",
+            status_writes_failing.clone(),
+        );
+        for kind in [write_health::LEASE, write_health::POD_CONDITIONS] {
+            status_writes_failing.get_or_create(&KindLabel { kind: kind.label }).set(0);
         }
         registry.register_collector(Box::new(VerdictGauges(published)));
         registry.register_collector(Box::new(AgentGauges(health)));
@@ -269,7 +285,13 @@ impl Metrics {
             events_total,
             status_writes_total,
             http_connections_refused_total,
+            status_writes_failing,
         }
+    }
+
+    /// The `status_writes_failing` gauge of one kind of write.
+    pub fn writes_failing(&self, kind: write_health::WriteKind) -> Gauge {
+        self.status_writes_failing.get_or_create(&KindLabel { kind: kind.label }).clone()
     }
 
     /// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus

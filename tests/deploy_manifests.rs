@@ -118,6 +118,10 @@ fn deploy_applies_to_a_real_api_server_and_keeps_its_safety_properties() {
         "clusterrolebinding.rbac.authorization.k8s.io/hotplug-watchdog",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-node-restriction",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-node-restriction",
+        "role.rbac.authorization.k8s.io/hotplug-watchdog-lease",
+        "rolebinding.rbac.authorization.k8s.io/hotplug-watchdog-lease",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-lease-restriction",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-lease-restriction",
         "daemonset.apps/hotplug-watchdog",
         "service/hotplug-watchdog",
         "servicemonitor.monitoring.coreos.com/hotplug-watchdog",
@@ -334,6 +338,13 @@ fn daemonset_violations(ds: &DaemonSet) -> Vec<String> {
         let node_from_api = env.get("NODE_NAME").and_then(|e| e.value_from.as_ref()).and_then(|f| f.field_ref.as_ref());
         if node_from_api.map(|f| f.field_path.as_str()) != Some("spec.nodeName") {
             v.push(format!("{name}: NODE_NAME must come from fieldRef spec.nodeName"));
+        }
+        // The lease: in the agent's own namespace, held by this pod.
+        for (var, path) in [("HOTPLUG_WATCHDOG_LEASE_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")] {
+            let from = env.get(var).and_then(|e| e.value_from.as_ref()).and_then(|f| f.field_ref.as_ref());
+            if from.map(|f| f.field_path.as_str()) != Some(path) {
+                v.push(format!("{name}: {var} must come from fieldRef {path}"));
+            }
         }
         let value = |k: &str| env.get(k).and_then(|e| e.value.clone());
         // The kubelet root: mounted where the agent looks, named as the host names it.

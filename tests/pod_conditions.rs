@@ -181,8 +181,12 @@ fn losing_its_role_is_reported_and_survived() {
     let cp = ControlPlane::start();
     let vm = create_vm(&cp, &["disk1"]);
     let (tree, mut disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
+    let args = ["--rescan-interval", "1h", "--lease-renew-interval", "1s", "--lease-duration", "3s"];
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &args);
     wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "True");
+    agent.wait_ready();
+    assert_eq!(series(&agent.metrics(), CONDITIONS_FAILING), 0.0);
+    assert!(lease_alive(&cp), "the lease is renewed while the conditions are written");
 
     // Someone deletes the agent's binding: every call is now 403.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(cp.admin.clone());
@@ -196,6 +200,22 @@ fn losing_its_role_is_reported_and_survived() {
     });
     assert_eq!(agent.get("/healthz").0, 200, "alive and well on the node side");
     assert!(agent.log().contains("cannot write attachment pod conditions"), "said in the log");
+    // Not ready, naming the writes, while the pod's condition is stale.
+    agent.wait_until("not ready, naming the condition writes", Duration::from_secs(10), |a| {
+        let (status, body) = a.get("/readyz");
+        status == 503 && body.contains("pod_conditions writes: failing: pod vms/hp-volume-aaaaa (forbidden)")
+    });
+    let m = agent.metrics();
+    assert_eq!(series(&m, CONDITIONS_FAILING), 1.0, "{m}");
+    assert_eq!(series(&m, "hotplug_watchdog_ready"), 0.0);
+    // The lease is not renewed meanwhile: a consumer sees the agent dead (its lease runs out
+    // within 3 s) rather than trusting a condition it can no longer keep true.
+    agent.wait_until("the lease runs out", Duration::from_secs(10), |_| !lease_alive(&cp));
+    assert_eq!(
+        condition(&cp, "hp-volume-aaaaa", DEVICES_PRESENT).unwrap()["status"],
+        "True",
+        "the stale condition the expired lease no longer vouches for"
+    );
 
     // The binding comes back: the condition converges without a restart.
     let mut restored = saved;
@@ -204,4 +224,21 @@ fn losing_its_role_is_reported_and_survived() {
     cp.rt.block_on(bindings.create(&Default::default(), &restored)).unwrap();
     wait_condition(&agent, &cp, "hp-volume-aaaaa", DEVICES_PRESENT, "False");
     agent.wait_until("ready again", Duration::from_secs(60), |a| a.get("/readyz").0 == 200);
+    assert_eq!(series(&agent.metrics(), CONDITIONS_FAILING), 0.0);
+    agent.wait_until("the lease renewed again", Duration::from_secs(10), |_| lease_alive(&cp));
+}
+
+const CONDITIONS_FAILING: &str = "hotplug_watchdog_status_writes_failing{kind=\"pod_conditions\"}";
+
+/// The value of one exact series; a missing series fails the test (it is not a zero).
+fn series(metrics: &str, name: &str) -> f64 {
+    let value = metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')));
+    value.unwrap_or_else(|| panic!("no series {name} in:\n{metrics}")).trim().parse().unwrap()
+}
+
+/// Whether node-1's Lease says its agent is alive, by the consumers' rule.
+fn lease_alive(cp: &ControlPlane) -> bool {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(cp.admin.clone(), "hotplug-watchdog");
+    let lease = cp.rt.block_on(leases.get_opt(&format!("hotplug-watchdog-{NODE}"))).unwrap();
+    lease.is_some_and(|l| hotplug_watchdog::cluster::lease::is_alive(&l, k8s_openapi::jiff::Timestamp::now()))
 }

@@ -7,9 +7,11 @@
 pub mod client;
 pub mod conditions;
 pub mod events;
+pub mod lease;
 pub mod status;
 pub mod view;
 pub mod volume_status;
+pub mod write_health;
 
 use std::sync::Arc;
 
@@ -190,8 +192,11 @@ pub async fn watch(
     }
     let (pod_tx, mut pod_rx) = unbounded_channel();
     let (vmi_tx, mut vmi_rx) = unbounded_channel();
-    tokio::spawn(follow(Api::<Pod>::all(client.clone()), pod_config, Watched::Pods, pod_tx));
-    tokio::spawn(follow(Api::<DynamicObject>::all_with(client, &vmi_resource()), vmi_config, Watched::Vmis, vmi_tx));
+    // Supervised: a watch task that ends or panics makes /healthz fail.
+    use crate::sources::health::spawn_supervised;
+    spawn_supervised(&health, "pod watch", follow(Api::<Pod>::all(client.clone()), pod_config, Watched::Pods, pod_tx));
+    let vmis_api = Api::<DynamicObject>::all_with(client, &vmi_resource());
+    spawn_supervised(&health, "VMI watch", follow(vmis_api, vmi_config, Watched::Vmis, vmi_tx));
 
     let (mut pods, mut vmis) = (Objects::<Pod>::new(), Objects::<DynamicObject>::new());
     let mut last_sent: Option<ClusterView> = None;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::conditions::{patch, Desired};
+use super::write_health::{self, WriteHealth};
 use crate::layout::PodUid;
 use crate::metrics::WriteLabels;
 
@@ -72,21 +73,35 @@ impl<T: PartialEq> Writes<T> {
     }
 }
 
-fn outcome<T>(result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> &'static str {
+/// Every value of the `result` label of `status_writes_total`.
+pub const RESULTS: [&str; 9] =
+    ["ok", "conflict", "forbidden", "unauthorized", "not_found", "test_failed", "reverted", "timeout", "error"];
+
+/// The `result` label of a write that took at most its timeout (`Err(Elapsed)`: it did not
+/// answer in time). `unauthorized`: the credentials were refused (an expired or revoked
+/// token); `forbidden`: RBAC or an admission policy said no.
+pub(crate) fn outcome<T>(result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> &'static str {
     match result {
         Ok(Ok(_)) => "ok",
         Ok(Err(kube::Error::Api(s))) if s.code == 409 => "conflict",
+        Ok(Err(kube::Error::Api(s))) if s.code == 401 => "unauthorized",
         Ok(Err(kube::Error::Api(s))) if s.code == 403 => "forbidden",
         Ok(Err(kube::Error::Api(s))) if s.code == 404 => "not_found",
         Ok(Err(kube::Error::Api(s))) if s.code == 422 => "test_failed",
-        Ok(Err(_)) | Err(_) => "error",
+        Err(_) => "timeout",
+        Ok(Err(_)) => "error",
     }
 }
 
-fn error_text<T>(result: Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> String {
+pub(crate) fn error_text<T>(
+    result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> String {
     match result {
+        // The server's own words, without the Status object's debug dump.
+        Ok(Err(kube::Error::Api(s))) => format!("{} ({} {})", s.message, s.code, s.reason),
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("timed out after {WRITE_TIMEOUT:?}"),
+        Err(_) => format!("timed out after {timeout:?}"),
         Ok(Ok(_)) => "no error".into(),
     }
 }
@@ -95,11 +110,13 @@ pub struct ConditionWriter {
     client: Client,
     writes: Family<WriteLabels, Counter>,
     pods: BTreeMap<PodUid, Writes<Vec<Desired>>>,
+    /// Pods whose conditions could not be written: the agent is not ready meanwhile.
+    failures: WriteHealth,
 }
 
 impl ConditionWriter {
-    pub fn new(client: Client, writes: Family<WriteLabels, Counter>) -> Self {
-        ConditionWriter { client, writes, pods: BTreeMap::new() }
+    pub fn new(client: Client, writes: Family<WriteLabels, Counter>, failures: WriteHealth) -> Self {
+        ConditionWriter { client, writes, pods: BTreeMap::new(), failures }
     }
 
     /// Brings every pod's conditions to `desired`; returns when to look again, if
@@ -110,6 +127,7 @@ impl ConditionWriter {
         desired: &BTreeMap<PodUid, Vec<Desired>>,
     ) -> Option<Instant> {
         self.pods.retain(|uid, _| desired.contains_key(uid));
+        self.failures.retain(|uid| desired.contains_key(uid));
         let mut again: Option<Instant> = None;
         let mut later = |t: Instant| again = Some(again.map_or(t, |a| a.min(t)));
         for (uid, want) in desired {
@@ -118,6 +136,8 @@ impl ConditionWriter {
             let state = self.pods.entry(uid.clone()).or_default();
             let Some(body) = patch(pod, want, &Time(k8s_openapi::jiff::Timestamp::now())) else {
                 state.retry_delay = None;
+                // The pod already says what it should: nothing of it is stale.
+                self.failures.forget(uid);
                 continue;
             };
             if let Err(t) = state.may_write(want, now) {
@@ -134,10 +154,17 @@ impl ConditionWriter {
             self.writes.get_or_create(&WriteLabels { kind: "pod_conditions", result: result_label }).inc();
             let ok = result_label == "ok";
             later(state.written(want.clone(), ok, now));
+            match write_health::judge(result_label) {
+                Some(true) => self.failures.succeeded(uid),
+                None => self.failures.forget(uid),
+                Some(false) => self
+                    .failures
+                    .failed(uid, format!("pod {ns}/{name} ({result_label}): {}", error_text(&result, WRITE_TIMEOUT))),
+            }
             if ok {
                 tracing::debug!(pod = %name, namespace = %ns, "attachment pod conditions written");
             } else {
-                tracing::warn!(pod = %name, namespace = %ns, error = %error_text(result), "cannot write attachment pod conditions; retrying later");
+                tracing::warn!(pod = %name, namespace = %ns, result = result_label, error = %error_text(&result, WRITE_TIMEOUT), "cannot write attachment pod conditions; retrying later");
             }
         }
         again
@@ -233,7 +260,7 @@ impl VmiStatusWriter {
                     let why = if label == "reverted" {
                         "the write was accepted and then put back (KubeVirt reverts status writes by other service accounts)".to_string()
                     } else {
-                        format!("the write was refused ({}); grant deploy/optional/vmi-volume-status-rbac.yaml or use --vmi-volume-status off", error_text(result))
+                        format!("the write was refused ({}); grant deploy/optional/vmi-volume-status-rbac.yaml or use --vmi-volume-status off", error_text(&result, WRITE_TIMEOUT))
                     };
                     if self.mode == VmiStatusMode::Auto {
                         tracing::warn!(vmi = %name, namespace = %ns, "VMI volumeStatus writes stop: {why}; attachment-pod conditions and Events carry the same truth");
@@ -262,7 +289,7 @@ impl VmiStatusWriter {
                 _ => {
                     // A failed test means the list changed under us: the watch brings the
                     // new one and the patch is derived again.
-                    tracing::debug!(vmi = %name, namespace = %ns, result = label, error = %error_text(result), "VMI volumeStatus write failed; retrying later");
+                    tracing::debug!(vmi = %name, namespace = %ns, result = label, error = %error_text(&result, WRITE_TIMEOUT), "VMI volumeStatus write failed; retrying later");
                     later(state.written(ops, false, now));
                 }
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -266,6 +266,16 @@ impl ControlPlane {
                 Some("ClusterRoleBinding") => {
                     let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
                     Api::<ClusterRoleBinding>::all(admin).create(&pp, &b).await.unwrap();
+                }
+                Some("Role") => {
+                    let r: Role = serde_yaml::from_value(value).unwrap();
+                    let ns = r.metadata.namespace.clone().expect("a Role in deploy/ names its namespace");
+                    Api::<Role>::namespaced(admin, &ns).create(&pp, &r).await.unwrap();
+                }
+                Some("RoleBinding") => {
+                    let b: RoleBinding = serde_yaml::from_value(value).unwrap();
+                    let ns = b.metadata.namespace.clone().expect("a RoleBinding in deploy/ names its namespace");
+                    Api::<RoleBinding>::namespaced(admin, &ns).create(&pp, &b).await.unwrap();
                 }
                 Some("ValidatingAdmissionPolicy") => {
                     let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
