@@ -39,3 +39,38 @@ fn the_environment_file_uses_real_variables() {
         assert!(help.contains(&format!("env: {v}=")), "{v} is not a variable of `hotplug-watchdog run`:\n{help}");
     }
 }
+
+/// The unit is as tight as the DaemonSet: not root, one capability (CAP_SYSLOG, for the
+/// kernel log), bounded memory and tasks; `systemd-analyze security` rates it (the figure
+/// is in docs/install.md).
+#[test]
+fn the_unit_runs_unprivileged_and_bounded() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/hotplug-watchdog.service")).unwrap();
+    let settings: Vec<(&str, &str)> = unit.lines().filter_map(|l| l.split_once('=')).collect();
+    let value = |key: &str| settings.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect::<Vec<_>>();
+    assert_eq!(value("User"), ["hotplug-watchdog"]);
+    assert_eq!(value("CapabilityBoundingSet"), ["CAP_SYSLOG"]);
+    assert_eq!(value("AmbientCapabilities"), ["CAP_SYSLOG"]);
+    assert_eq!(value("MemoryMax"), ["128M"]);
+    assert_eq!(value("TasksMax"), ["64"]);
+    assert_eq!(value("NoNewPrivileges"), ["yes"]);
+    let sysusers =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/hotplug-watchdog.sysusers")).unwrap();
+    assert!(sysusers.lines().any(|l| l.starts_with("u hotplug-watchdog ")), "{sysusers}");
+
+    let unit = unit.replace("/usr/local/bin/hotplug-watchdog", env!("CARGO_BIN_EXE_hotplug-watchdog"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hotplug-watchdog.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for hotplug-watchdog.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    println!("systemd-analyze security: exposure {exposure}");
+    assert!(exposure <= 2.0, "exposure {exposure} (was 2.9 for the root unit):\n{text}");
+}
