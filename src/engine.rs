@@ -8,8 +8,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
-
 use crate::cluster::events::VmiEvent;
 use crate::cluster::view::{ClusterView, VmiRef};
 use crate::device::DevNum;
@@ -39,9 +37,10 @@ pub struct Engine {
     scan_failure_logged: bool,
     /// Cluster mode: each launcher pod's VMI, and where Events go.
     vmis: BTreeMap<PodUid, VmiRef>,
-    events: Option<UnboundedSender<VmiEvent>>,
-    /// Cluster mode: the verdicts, for the attachment-pod conditions.
-    status: Option<UnboundedSender<Arc<Verdicts>>>,
+    events: Option<crate::cluster::events::EventSender>,
+    /// Cluster mode: the verdicts, for the attachment-pod conditions. A watch channel
+    /// holds only the newest: a slow API server never makes copies pile up.
+    status: Option<tokio::sync::watch::Sender<Arc<Verdicts>>>,
     /// `/watch` readers.
     feed: Feed,
 }
@@ -84,8 +83,8 @@ impl Engine {
     /// Cluster mode: notices also become Events on the VMI, and verdicts pod conditions.
     pub fn with_cluster_sinks(
         mut self,
-        events: UnboundedSender<VmiEvent>,
-        status: UnboundedSender<Arc<Verdicts>>,
+        events: crate::cluster::events::EventSender,
+        status: tokio::sync::watch::Sender<Arc<Verdicts>>,
     ) -> Self {
         self.events = Some(events);
         self.status = Some(status);
@@ -341,7 +340,7 @@ impl Engine {
             tracing::info!(reason = n.kind.reason(), launcher_pod_uid = %n.launcher, ?namespace, vmi = ?name, "{}", n.message);
         }
         if let (Some(events), Some(vmi)) = (&self.events, vmi) {
-            let _ = events.send(VmiEvent {
+            events.send(VmiEvent {
                 vmi: vmi.clone(),
                 warning: n.kind.is_warning(),
                 reason: n.kind.reason(),

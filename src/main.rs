@@ -137,8 +137,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
-            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-            let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
+            let (events_tx, events_rx) = cluster::events::EventSender::channel(metrics.events_total.clone());
+            let (status_tx, status_rx) = tokio::sync::watch::channel(Default::default());
             let events_tx_for_status = events_tx.clone();
             engine = engine.with_cluster_sinks(events_tx, status_tx);
             let condition_failures = cluster::write_health::WriteHealth::new(

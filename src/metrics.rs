@@ -264,7 +264,7 @@ impl Metrics {
             api_requests_total.get_or_create(&VerbLabel { verb }).inc_by(0);
         }
         for reason in NoticeKind::ALL.map(NoticeKind::reason) {
-            for result in ["sent", "failed"] {
+            for result in ["sent", "failed", "dropped"] {
                 events_total.get_or_create(&EventLabels { reason, result }).inc_by(0);
             }
         }

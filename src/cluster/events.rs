@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, Receiver};
 
 use super::view::VmiRef;
 use crate::metrics::EventLabels;
@@ -22,12 +22,33 @@ pub struct VmiEvent {
     pub note: String,
 }
 
-pub async fn run(
-    client: Client,
-    node: String,
-    mut rx: UnboundedReceiver<VmiEvent>,
-    sent: Family<EventLabels, Counter>,
-) {
+/// How many Events may wait for the API server.
+const QUEUE: usize = 256;
+
+/// Where notices go to become Events: a bounded queue, so that an API server that is slow
+/// or gone never makes them pile up in memory. When it is full, an Event is dropped and
+/// counted (`events_total{result="dropped"}`); the log has every notice anyway.
+#[derive(Clone)]
+pub struct EventSender {
+    tx: mpsc::Sender<VmiEvent>,
+    counts: Family<EventLabels, Counter>,
+}
+
+impl EventSender {
+    pub fn channel(counts: Family<EventLabels, Counter>) -> (Self, Receiver<VmiEvent>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (EventSender { tx, counts }, rx)
+    }
+
+    /// Never waits: callable from the engine's thread and from async code alike.
+    pub fn send(&self, ev: VmiEvent) {
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.tx.try_send(ev) {
+            self.counts.get_or_create(&EventLabels { reason: ev.reason, result: "dropped" }).inc();
+        }
+    }
+}
+
+pub async fn run(client: Client, node: String, mut rx: Receiver<VmiEvent>, sent: Family<EventLabels, Counter>) {
     let recorder = Recorder::new(client, Reporter { controller: "hotplug-watchdog".into(), instance: Some(node) });
     while let Some(ev) = rx.recv().await {
         let reference = k8s_openapi::api::core::v1::ObjectReference {

@@ -24,7 +24,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::verdict::Verdicts;
 use status::{ConditionWriter, VmiStatusWriter};
@@ -180,7 +180,7 @@ pub async fn watch(
     node: String,
     tx: Sender,
     health: Arc<Health>,
-    mut verdicts_rx: UnboundedReceiver<Arc<Verdicts>>,
+    mut verdicts_rx: tokio::sync::watch::Receiver<Arc<Verdicts>>,
     mut conditions: ConditionWriter,
     mut volume_status: VmiStatusWriter,
 ) {
@@ -215,8 +215,8 @@ pub async fn watch(
         tokio::select! {
             Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
             Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
-            Some(v) = verdicts_rx.recv() => {
-                verdicts = Some(v);
+            Ok(()) = verdicts_rx.changed() => {
+                verdicts = Some(verdicts_rx.borrow_and_update().clone());
                 node_news = true;
             }
             () = flush => {
@@ -242,8 +242,9 @@ pub async fn watch(
         while let Ok((w, u)) = vmi_rx.try_recv() {
             vmis.apply(w, u, &health);
         }
-        while let Ok(v) = verdicts_rx.try_recv() {
-            verdicts = Some(v);
+        // Only the newest verdicts count; the channel keeps no others.
+        if verdicts_rx.has_changed().unwrap_or(false) {
+            verdicts = Some(verdicts_rx.borrow_and_update().clone());
             node_news = true;
         }
         // Until both hold a complete list, a view would claim volumes left specs.

@@ -191,7 +191,7 @@ pub struct VmiStatusWriter {
     client: Client,
     mode: VmiStatusMode,
     writes: Family<WriteLabels, Counter>,
-    events: Option<tokio::sync::mpsc::UnboundedSender<super::events::VmiEvent>>,
+    events: Option<super::events::EventSender>,
     vmis: BTreeMap<String, Writes<Vec<serde_json::Value>>>,
     /// Auto mode gave up, and said why once.
     stopped: bool,
@@ -202,7 +202,7 @@ impl VmiStatusWriter {
         client: Client,
         mode: VmiStatusMode,
         writes: Family<WriteLabels, Counter>,
-        events: Option<tokio::sync::mpsc::UnboundedSender<super::events::VmiEvent>>,
+        events: Option<super::events::EventSender>,
     ) -> Self {
         VmiStatusWriter { client, mode, writes, events, vmis: BTreeMap::new(), stopped: false }
     }
@@ -271,7 +271,7 @@ impl VmiStatusWriter {
                         later(retry);
                     }
                     if let (Some(events), Some(vmi_uid)) = (&self.events, &vmi.metadata.uid) {
-                        let _ = events.send(super::events::VmiEvent {
+                        events.send(super::events::VmiEvent {
                             vmi: super::view::VmiRef {
                                 namespace: ns.clone(),
                                 name: name.clone(),
