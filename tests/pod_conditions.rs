@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::json;
 use support::control_plane::ControlPlane;
 use support::kubevirt::*;
@@ -156,7 +157,29 @@ fn the_admission_policy_holds_the_agent_to_its_node_and_conditions() {
         assert!(msg.contains("only change conditions"), "{msg}");
         let spec = json!({"metadata": {"labels": {"x": "y"}}, "spec": {"activeDeadlineSeconds": 5}});
         denied(pods.patch("hp-volume-aaaaa", &pp, &Patch::Strategic(&spec)).await, "a spec change");
+        // Everything but conditions, through pods/status too (the server keeps labels and
+        // annotations changed there): refused, our own condition in the same patch or not.
+        for (what, patch) in [
+            ("a label", json!({"metadata": {"labels": {"kubevirt.io": "virt-launcher"}}})),
+            ("an annotation", json!({"metadata": {"annotations": {"kubevirt.io/ephemeral-provisioning": "true"}}})),
+            ("a finalizer", json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+            ("podIPs", json!({"status": {"podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}})),
+            ("hostIPs", json!({"status": {"hostIP": "10.0.0.1", "hostIPs": [{"ip": "10.0.0.1"}]}})),
+            ("startTime", json!({"status": {"startTime": "2026-11-30T00:00:00Z"}})),
+            ("initContainerStatuses", json!({"status": {"initContainerStatuses": [{"name": "i", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}})),
+        ] {
+            let mut with_ours = patch.clone();
+            json_patch::merge(&mut with_ours, &ours);
+            for p in [patch, with_ours] {
+                let msg = denied(pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&p)).await, what);
+                assert!(msg.contains("only change conditions") || msg.contains("may not change"), "{what}: {msg}");
+            }
+        }
     });
+    let stored =
+        cp.rt.block_on(async { Api::<Pod>::namespaced(cp.admin.clone(), NS).get("hp-volume-aaaaa").await.unwrap() });
+    assert!(stored.metadata.labels.unwrap_or_default().get("kubevirt.io").map(String::as_str) == Some("hotplug-disk"));
+    assert_eq!(stored.metadata.annotations, None, "nothing the agent may not write was stored");
     // A token without the node-name extra gets nothing either.
     let path = cp.agent_kubeconfig(NODE);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -241,4 +264,101 @@ fn lease_alive(cp: &ControlPlane) -> bool {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(cp.admin.clone(), "hotplug-watchdog");
     let lease = cp.rt.block_on(leases.get_opt(&format!("hotplug-watchdog-{NODE}"))).unwrap();
     lease.is_some_and(|l| hotplug_watchdog::cluster::lease::is_alive(&l, k8s_openapi::jiff::Timestamp::now()))
+}
+
+/// The pods/status policy names every field of the API server's PodStatus but
+/// `conditions`: a field the server gains later cannot slip through (its OpenAPI is read).
+#[test]
+fn the_status_allow_list_covers_every_pod_status_field_of_the_server() {
+    let cp = ControlPlane::start();
+    let schema: serde_json::Value = cp.rt.block_on(async {
+        let req = http::Request::get("/openapi/v3/api/v1").body(Vec::new()).unwrap();
+        cp.admin.request(req).await.unwrap()
+    });
+    let fields: Vec<String> = schema["components"]["schemas"]["io.k8s.api.core.v1.PodStatus"]["properties"]
+        .as_object()
+        .expect("PodStatus in the server's OpenAPI")
+        .keys()
+        .cloned()
+        .collect();
+    assert!(fields.len() > 15, "{fields:?}");
+    let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/admission-policy.yaml")).unwrap();
+    for f in fields.iter().filter(|f| *f != "conditions") {
+        assert!(
+            policy.contains(&format!("has(object.status.{f}) ? [object.status.{f}]")),
+            "deploy/admission-policy.yaml does not hold status.{f} to its old value"
+        );
+    }
+}
+
+/// Installed under another namespace (a kustomize overlay, as docs/install.md shows), the
+/// policies still hold the agent: they match its ServiceAccount by name, in any namespace.
+#[test]
+fn the_policies_follow_the_agent_into_another_namespace() {
+    let cp = ControlPlane::start();
+    let _vm = create_vm(&cp, &["disk1"]);
+    // kustomize takes bases by relative path only: a copy of deploy/ beside the overlay.
+    let dir = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy")])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir(&overlay).unwrap();
+    std::fs::write(overlay.join("kustomization.yaml"), "namespace: watchdog-elsewhere\nresources:\n  - ../deploy\n")
+        .unwrap();
+    let out = std::process::Command::new(cp.kubectl()).args(["kustomize"]).arg(&overlay).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // What RBAC and admission need; the DaemonSet and monitoring objects are not needed here.
+    let keep = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
+        let v = serde_yaml::Value::deserialize(doc).unwrap();
+        if keep.contains(&v["kind"].as_str().unwrap_or("")) {
+            docs.push(serde_yaml::to_string(&v).unwrap());
+        }
+    }
+    let rendered = overlay.join("rendered.yaml");
+    std::fs::write(&rendered, docs.join("---\n")).unwrap();
+    let out = std::process::Command::new(cp.kubectl())
+        .arg(format!("--kubeconfig={}", cp.admin_kubeconfig().display()))
+        .args(["apply", "-f"])
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The agent of the overlay: its ServiceAccount in the new namespace, on node-1.
+    let text = std::fs::read_to_string(cp.agent_kubeconfig(NODE)).unwrap();
+    let moved = text.replace(
+        "system:serviceaccount:hotplug-watchdog:hotplug-watchdog",
+        "system:serviceaccount:watchdog-elsewhere:hotplug-watchdog",
+    );
+    assert_ne!(text, moved);
+    let path = overlay.join("agent.kubeconfig");
+    std::fs::write(&path, moved).unwrap();
+    cp.rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+        let pp = PatchParams::default();
+        let ours = json!({"status": {"conditions": [{"type": HANDOFF_SAFE, "status": "False", "reason": "T", "message": "m"}]}});
+        pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&ours)).await.expect("RBAC of the overlay: allowed");
+        let foreign = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let r = pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&foreign)).await;
+        assert!(matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("own condition types")), "{r:?}");
+        let label = json!({"metadata": {"labels": {"x": "y"}}});
+        let r = pods.patch_status("hp-volume-aaaaa", &pp, &Patch::Strategic(&label)).await;
+        assert!(matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("may not change")), "{r:?}");
+    });
 }

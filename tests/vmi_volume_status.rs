@@ -234,3 +234,60 @@ fn a_write_put_back_is_detected_and_not_fought() {
     // The pod conditions, which nothing reverts, still carry the truth.
     assert!(metric(&m, "hotplug_watchdog_status_writes_total{kind=\"pod_conditions\",result=\"ok\"}") >= 1.0);
 }
+
+/// The optional policy holds the agent to VMIs of its node before and after the write, and
+/// to the words of existing entries: relabelling another node's VMI to its own in the same
+/// patch, or touching metadata and finalizers, is refused (by impersonation).
+#[test]
+fn the_vmi_policy_checks_the_node_before_and_after_and_refuses_metadata() {
+    let cp = ControlPlane::start();
+    cp.rt.block_on(cp.apply("deploy/optional/vmi-volume-status-rbac.yaml"));
+    let vm = create_vm(&cp, &["rootdisk", "disk1"]);
+    set_initial_status(&cp, &vm.attachment_uid);
+    // Another VMI, on node-2.
+    cp.rt.block_on(async {
+        let other: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "vm2", "namespace": NS, "labels": {"kubevirt.io/nodeName": "node-2"}},
+            "spec": {"domain": {"devices": {}}, "volumes": []}
+        }))
+        .unwrap();
+        vmi_api(&cp).create(&PostParams::default(), &other).await.unwrap();
+    });
+    let agent: Api<DynamicObject> =
+        Api::namespaced_with(cp.agent_client(NODE), NS, &hotplug_watchdog::cluster::vmi_resource());
+    let refused = |r: Result<DynamicObject, kube::Error>, what: &str, says: &str| match r {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains(says), "{what}: {}", s.message),
+        other => panic!("{what}: not refused: {other:?}"),
+    };
+    let mut statuses = vmi(&cp)["status"]["volumeStatus"].clone();
+    cp.rt.block_on(async {
+        // A policy takes a moment to be in force after its creation: wait (with dry runs)
+        // until a finalizer is refused.
+        let dry = PatchParams { dry_run: true, ..Default::default() };
+        let probe = json!({"metadata": {"finalizers": ["example.com/probe"]}});
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while agent.patch("vm1", &dry, &Patch::Merge(&probe)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the VMI policy never came into force");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pp = PatchParams::default();
+        // Its own node's VMI, only words of an existing entry: allowed.
+        statuses[1]["reason"] = json!("HotplugDeviceVanished");
+        let words = json!({"status": {"volumeStatus": statuses}});
+        agent.patch("vm1", &pp, &Patch::Merge(&words)).await.expect("own node, words only: allowed");
+        // vm2 relabelled to node-1 in the same patch.
+        let steal = json!({"metadata": {"labels": {"kubevirt.io/nodeName": NODE}}, "status": {"phase": "Running"}});
+        refused(agent.patch("vm2", &pp, &Patch::Merge(&steal)).await, "relabel to its own node", "own node");
+        // Metadata of its own node's VMI.
+        for (what, patch) in [
+            ("a finalizer", json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+            ("a label", json!({"metadata": {"labels": {"x": "y"}}})),
+            ("an annotation", json!({"metadata": {"annotations": {"x": "y"}}})),
+        ] {
+            refused(agent.patch("vm1", &pp, &Patch::Merge(&patch)).await, what, "may not change a VMI's labels");
+        }
+    });
+    let stored = vmi(&cp);
+    assert_eq!(stored["metadata"]["finalizers"], Value::Null);
+}
