@@ -136,6 +136,11 @@ pub struct RunArgs {
     /// Full rescan period, repairing anything an event source missed (e.g. 300s, 5m).
     #[arg(long, env = "HOTPLUG_WATCHDOG_RESCAN_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub rescan_interval: Duration,
+    /// How long the counters of a volume that is gone (device vanished, replaced, I/O
+    /// errors) stay exported: long enough for alerts over a few minutes to see their last
+    /// change; then their series are removed.
+    #[arg(long, env = "HOTPLUG_WATCHDOG_GONE_SERIES_FOR", default_value = "10m", value_parser = parse_duration)]
+    pub gone_series_for: Duration,
     /// Where block uevents come from.
     #[arg(long, env = "HOTPLUG_WATCHDOG_UEVENT_SOURCE", value_enum, default_value = "kernel")]
     pub uevent_source: UeventSource,

@@ -14,7 +14,7 @@ use crate::device::DevNum;
 use crate::feed::Feed;
 use crate::inventory::{Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
-use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel};
+use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel, VolumeLabels};
 use crate::notice::{notices, Notice};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
@@ -43,6 +43,10 @@ pub struct Engine {
     status: Option<tokio::sync::watch::Sender<Arc<Verdicts>>>,
     /// `/watch` readers.
     feed: Feed,
+    /// Volumes that are gone, since when, and the labels of their counters: removed from
+    /// the metrics after `gone_series_for`.
+    gone: HashMap<VolumeKey, (Instant, VolumeLabels)>,
+    gone_series_for: Duration,
 }
 
 impl Engine {
@@ -71,7 +75,15 @@ impl Engine {
             events: None,
             status: None,
             feed: Feed::default(),
+            gone: HashMap::new(),
+            gone_series_for: Duration::from_secs(600),
         }
+    }
+
+    /// How long a gone volume's counters stay exported.
+    pub fn with_gone_series_for(mut self, keep: Duration) -> Self {
+        self.gone_series_for = keep;
+        self
     }
 
     /// Volume transitions also go to `/watch` readers.
@@ -261,6 +273,7 @@ impl Engine {
 
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
+        self.prune_gone();
         let new = Arc::new(judge(&self.inventory));
         // Learn which disk each volume's node reaches (ready, or unbacked: the VM uses it
         // all the same), to tell when its number gets reused.
@@ -291,6 +304,25 @@ impl Engine {
         self.verdicts = new;
     }
 
+    /// Removes the counter series of volumes gone for longer than `gone_series_for`: they
+    /// no longer matter, and a node that churns volumes must not grow series for ever.
+    fn prune_gone(&mut self) {
+        let keep = self.gone_series_for;
+        let expired: Vec<VolumeKey> =
+            self.gone.iter().filter(|(_, (at, _))| at.elapsed() >= keep).map(|(k, _)| k.clone()).collect();
+        if expired.is_empty() {
+            return;
+        }
+        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        for k in expired {
+            let Some((_, labels)) = self.gone.remove(&k) else { continue };
+            self.metrics.vanished_total.remove(&labels);
+            self.metrics.replaced_total.remove(&labels);
+            self.metrics.io_errors_total.remove(&labels);
+            published.io_errors.remove(&k);
+        }
+    }
+
     /// Metrics and logs for every transition.
     fn record(&mut self, changes: &Transitions, new: &Verdicts, latency: f64) {
         for t in &changes.volumes {
@@ -300,8 +332,11 @@ impl Engine {
             self.feed.publish(t, &self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k));
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
+                let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
+                self.gone.insert(k.clone(), (Instant::now(), labels));
                 continue;
             };
+            self.gone.remove(k);
             self.metrics.transitions_total.get_or_create(&StateLabel { state: state.as_str() }).inc();
             self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
             match state {

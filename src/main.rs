@@ -133,7 +133,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let feed = Feed::default();
         let mut engine =
             Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
-                .with_feed(feed.clone());
+                .with_feed(feed.clone())
+                .with_gone_series_for(args.gone_series_for);
         if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;

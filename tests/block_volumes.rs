@@ -237,3 +237,35 @@ fn a_partition_is_not_replaced_by_a_change_uevent_or_a_table_reread() {
     partx(&["-d"], &disk);
     disk.remove();
 }
+
+/// The counters of a volume that is gone stay exported for `--gone-series-for`, then their
+/// series go: the number of series follows the volumes there are, not every volume there
+/// ever was on the node.
+#[test]
+fn a_gone_volumes_counters_are_removed_after_a_while() {
+    if !require_root("a_gone_volumes_counters_are_removed_after_a_while") {
+        return;
+    }
+    let tree = KubeletTree::new();
+    let mut disk = LoopDevice::add();
+    tree.hotplugged(L, OLD, "disk1", disk.dev());
+    let agent = Agent::start(&tree.root, &["--rescan-interval", "1h", "--gone-series-for", "2s"]);
+    agent.wait_ready();
+    agent.wait_volume(L, "disk1", Some("ready"));
+    disk.remove();
+    agent.wait_volume(L, "disk1", Some("vanished"));
+    let series = format!(
+        "hotplug_watchdog_device_vanished_total{{pod_uid=\"{L}\",volume=\"disk1\",namespace=\"\",vmi=\"\",pod=\"\"}}"
+    );
+    assert_eq!(metric(&agent.metrics(), &series), 1.0);
+    // The VM's launcher goes: the volume is gone; its counter stays a while.
+    tree.remove_pod(L);
+    agent.wait_volume(L, "disk1", None);
+    assert_eq!(metric(&agent.metrics(), &series), 1.0, "kept for alerts to see");
+    std::thread::sleep(Duration::from_millis(2500));
+    // Pruning happens with the engine's next batch: any event will do.
+    tree.launcher("launcher-other");
+    agent.wait_until("the gone volume's counter removed", Duration::from_secs(10), |a| {
+        metric_opt(&a.metrics(), &series).is_none()
+    });
+}
