@@ -47,6 +47,8 @@ pub struct Engine {
     /// the metrics after `gone_series_for`.
     gone: HashMap<VolumeKey, (Instant, VolumeLabels)>,
     gone_series_for: Duration,
+    /// Said once that there are more volumes than series are exported for.
+    said_too_many_volumes: bool,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
             feed: Feed::default(),
             gone: HashMap::new(),
             gone_series_for: Duration::from_secs(600),
+            said_too_many_volumes: false,
         }
     }
 
@@ -283,6 +286,14 @@ impl Engine {
         if new == self.verdicts {
             return;
         }
+        if new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES && !self.said_too_many_volumes {
+            tracing::warn!(
+                volumes = new.volumes.len(),
+                exported = crate::metrics::MAX_EXPORTED_VOLUMES,
+                "more volumes than the agent exports series for; the rest are judged but not exported (hotplug_watchdog_volumes_not_exported)"
+            );
+        }
+        self.said_too_many_volumes = new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES;
         let changes = transitions(&self.verdicts, &new);
         let gone = changes.volumes.iter().filter(|t| t.to.is_none());
         self.inventory.forget_disks(gone.map(|t| (t.key.launcher.as_str(), t.key.volume.as_str())));
