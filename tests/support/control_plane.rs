@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -267,6 +267,16 @@ impl ControlPlane {
                     let b: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
                     Api::<ClusterRoleBinding>::all(admin).create(&pp, &b).await.unwrap();
                 }
+                Some("Role") => {
+                    let r: Role = serde_yaml::from_value(value).unwrap();
+                    let ns = r.metadata.namespace.clone().expect("a Role has a namespace");
+                    Api::<Role>::namespaced(admin, &ns).create(&pp, &r).await.unwrap();
+                }
+                Some("RoleBinding") => {
+                    let b: RoleBinding = serde_yaml::from_value(value).unwrap();
+                    let ns = b.metadata.namespace.clone().expect("a RoleBinding has a namespace");
+                    Api::<RoleBinding>::namespaced(admin, &ns).create(&pp, &b).await.unwrap();
+                }
                 Some("ValidatingAdmissionPolicy") => {
                     let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
                     Api::<ValidatingAdmissionPolicy>::all(admin).create(&pp, &p).await.unwrap();
@@ -291,6 +301,27 @@ impl ControlPlane {
     pub fn agent_client(&self, node: &str) -> Client {
         let path = self.agent_kubeconfig(node);
         self.rt.block_on(client_from(&path))
+    }
+
+    /// A client that authenticates as admin and acts as `user` (impersonation). For a
+    /// service account (`system:serviceaccount:<ns>:<name>`) the API server adds its groups
+    /// (`system:serviceaccounts`, `system:serviceaccounts:<ns>`) as a token would.
+    pub fn client_as(&self, user: &str) -> Client {
+        let path = self.admin_kubeconfig();
+        self.rt.block_on(async {
+            let kc = Kubeconfig::read_from(&path).unwrap();
+            let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+            config.auth_info.impersonate = Some(user.to_string());
+            Client::try_from(config).unwrap()
+        })
+    }
+
+    /// The API server's own metrics (`GET /metrics` as admin), Prometheus text.
+    pub fn apiserver_metrics(&self) -> String {
+        self.rt.block_on(async {
+            let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+            self.admin.request_text(req).await.expect("GET /metrics")
+        })
     }
 
     /// The admin (system:masters) kubeconfig, for kubectl.
