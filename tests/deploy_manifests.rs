@@ -118,6 +118,8 @@ fn deploy_applies_to_a_real_api_server_and_keeps_its_safety_properties() {
         "clusterrolebinding.rbac.authorization.k8s.io/hotplug-watchdog",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-node-restriction",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-node-restriction",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-handoff-hold",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-handoff-hold",
         "daemonset.apps/hotplug-watchdog",
         "service/hotplug-watchdog",
         "servicemonitor.monitoring.coreos.com/hotplug-watchdog",

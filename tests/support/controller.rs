@@ -35,7 +35,7 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -271,6 +271,15 @@ impl Drop for KubeVirtController {
     }
 }
 
+/// A spawned task that ends with its owner (a watch must not outlive its test's API server).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A sync error: its reason (the VMI's Synchronized condition) and message.
 #[derive(Debug)]
 struct SyncError {
@@ -298,7 +307,7 @@ fn backoff(failures: u32) -> Duration {
 impl Ctl {
     async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
         let wake = Arc::new(tokio::sync::Notify::new());
-        let watches = [self.watch_pods(wake.clone()), self.watch_vmi(wake.clone())];
+        let _watches = [AbortOnDrop(self.watch_pods(wake.clone())), AbortOnDrop(self.watch_vmi(wake.clone()))];
         // The VMI is queued once at start (the informer's initial list adds it).
         let mut next_at = Some(tokio::time::Instant::now());
         let mut failures = 0;
@@ -324,15 +333,12 @@ impl Ctl {
                 }
             }
         }
-        for w in watches {
-            w.abort();
-        }
     }
 
     fn watch_pods(&self, wake: Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             while let Some(e) = stream.next().await {
                 if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) = e {
                     wake.notify_one();
@@ -346,7 +352,7 @@ impl Ctl {
             Api::namespaced_with(self.client.clone(), &self.ns, &hotplug_watchdog::cluster::vmi_resource());
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.vmi));
         tokio::spawn(async move {
-            let mut stream = watcher(api, config).boxed();
+            let mut stream = watcher(api, config).default_backoff().boxed();
             while let Some(e) = stream.next().await {
                 if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) = e {
                     wake.notify_one();
