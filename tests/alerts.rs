@@ -400,7 +400,6 @@ fn selectors(expr: &str) -> Vec<(String, BTreeSet<String>)> {
             }
             let mut labels = BTreeSet::new();
             if next == Some('{') {
-                let end = j + chars[j..].iter().position(|&c| c == '}').expect("an unclosed {");
                 // label op "value", ... : a label name starts each matcher, values are quoted.
                 let mut k = j + 1;
                 while k < chars.len() && chars[k] != '}' {
