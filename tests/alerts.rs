@@ -303,6 +303,187 @@ fn metrics_in_alerts_and_dashboard_are_documented() {
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
 
+/// The metrics of other components docs/metrics.md lists (its second table), with the
+/// labels the rules may match on.
+fn other_components_metrics() -> BTreeMap<String, BTreeSet<String>> {
+    let doc = read("docs/metrics.md");
+    let section = doc
+        .split_once("## Metrics of other components the alerts use")
+        .expect("docs/metrics.md: a section `## Metrics of other components the alerts use`")
+        .1;
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let labels = cells[3].split('`').skip(1).step_by(2).map(str::to_string).collect();
+            (cells[1].trim_matches('`').to_string(), labels)
+        })
+        .collect()
+}
+
+/// Every series selector in a PromQL query: the metric's name and the label names its
+/// matchers use (`name{a="x", b=~"y"}` gives `("name", {a, b})`). Function names, keywords
+/// and the label lists of `by`, `on`, `without`, `ignoring`, `group_left`, `group_right`
+/// are not metric names.
+fn selectors(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+    const KEYWORDS: [&str; 11] =
+        ["and", "or", "unless", "by", "on", "without", "ignoring", "group_left", "group_right", "offset", "bool"];
+    // Aggregation operators may put `by (...)` between their name and `(`.
+    const AGGREGATIONS: [&str; 14] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut after_grouping = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            // A string outside a selector: skip it.
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_digit() {
+            // A number or a duration (5m, 1e3).
+            while i < chars.len() && (ident(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if ident(c) {
+            let start = i;
+            while i < chars.len() && ident(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut j = i;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            let next = chars.get(j).copied();
+            if KEYWORDS.contains(&word.as_str()) {
+                after_grouping = !matches!(word.as_str(), "and" | "or" | "unless" | "offset" | "bool");
+                continue;
+            }
+            if after_grouping && next == Some('(') {
+                // The label list of by (...), on (...), ...: skip it.
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                i += 1;
+                after_grouping = false;
+                continue;
+            }
+            after_grouping = false;
+            if next == Some('(') || AGGREGATIONS.contains(&word.as_str()) {
+                continue; // a function or an aggregation
+            }
+            let mut labels = BTreeSet::new();
+            if next == Some('{') {
+                // label op "value", ... : a label name starts each matcher, values are quoted.
+                let mut k = j + 1;
+                while k < chars.len() && chars[k] != '}' {
+                    if chars[k] == '"' || chars[k] == '\'' {
+                        let q = chars[k];
+                        k += 1;
+                        while k < chars.len() && chars[k] != q {
+                            k += if chars[k] == '\\' { 2 } else { 1 };
+                        }
+                        k += 1;
+                    } else if ident(chars[k]) {
+                        let start = k;
+                        while k < chars.len() && ident(chars[k]) {
+                            k += 1;
+                        }
+                        labels.insert(chars[start..k].iter().collect::<String>());
+                    } else {
+                        k += 1;
+                    }
+                }
+                assert!(k < chars.len(), "an unclosed {{ in {expr}");
+                i = k + 1;
+            }
+            out.push((word, labels));
+        } else if c == '(' && after_grouping {
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            i += 1;
+            after_grouping = false;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_rules_use_is_documented_with_its_labels() {
+    let ours = documented_metrics();
+    let others = other_components_metrics();
+    assert!(others.contains_key("apiserver_validating_admission_policy_check_total"), "{others:?}");
+    let mut problems = Vec::new();
+    for rule in rules(&rule_resource()) {
+        let name = str_at(rule, "alert").or(str_at(rule, "record")).unwrap();
+        for (metric, labels) in selectors(str_at(rule, "expr").unwrap()) {
+            if metric.starts_with("hotplug_watchdog_") {
+                if !is_documented(&metric, &ours) {
+                    problems.push(format!("{name}: {metric} is not in docs/metrics.md"));
+                }
+                continue;
+            }
+            match others.get(&metric) {
+                None => problems
+                    .push(format!("{name}: {metric} is not in docs/metrics.md's table of other components' metrics")),
+                Some(known) => {
+                    for l in labels.difference(known) {
+                        problems
+                            .push(format!("{name}: {metric}{{{l}=...}}: label {l} is not listed in docs/metrics.md"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn selector_scanner() {
+    let found = selectors(
+        r#"count by (node) (group by (node, name) (kubevirt_vmi_info{phase="running", node!=""}))
+          unless on (node) up{job="x"} or sum without (instance) (increase(a_total{b=~"c,d"}[5m]) offset 5m) > 0"#,
+    );
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    assert_eq!(
+        found,
+        vec![
+            ("kubevirt_vmi_info".to_string(), set(&["phase", "node"])),
+            ("up".to_string(), set(&["job"])),
+            ("a_total".to_string(), set(&["b"])),
+        ]
+    );
+}
+
 #[test]
 fn metric_name_scanner() {
     assert_eq!(

@@ -122,6 +122,8 @@ fn deploy_applies_to_a_real_api_server_and_keeps_its_safety_properties() {
         "rolebinding.rbac.authorization.k8s.io/hotplug-watchdog-lease",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-lease-restriction",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-lease-restriction",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/hotplug-watchdog-handoff-hold",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/hotplug-watchdog-handoff-hold",
         "daemonset.apps/hotplug-watchdog",
         "service/hotplug-watchdog",
         "servicemonitor.monitoring.coreos.com/hotplug-watchdog",

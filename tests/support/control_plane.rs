@@ -303,6 +303,27 @@ impl ControlPlane {
         self.rt.block_on(client_from(&path))
     }
 
+    /// A client that authenticates as admin and acts as `user` (impersonation). For a
+    /// service account (`system:serviceaccount:<ns>:<name>`) the API server adds its groups
+    /// (`system:serviceaccounts`, `system:serviceaccounts:<ns>`) as a token would.
+    pub fn client_as(&self, user: &str) -> Client {
+        let path = self.admin_kubeconfig();
+        self.rt.block_on(async {
+            let kc = Kubeconfig::read_from(&path).unwrap();
+            let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+            config.auth_info.impersonate = Some(user.to_string());
+            Client::try_from(config).unwrap()
+        })
+    }
+
+    /// The API server's own metrics (`GET /metrics` as admin), Prometheus text.
+    pub fn apiserver_metrics(&self) -> String {
+        self.rt.block_on(async {
+            let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+            self.admin.request_text(req).await.expect("GET /metrics")
+        })
+    }
+
     /// The admin (system:masters) kubeconfig, for kubectl.
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")

@@ -89,3 +89,158 @@ pub fn node_with_disk1(vm: &Vm) -> (KubeletTree, LoopDevice) {
     tree.hotplugged(&vm.launcher_uid, &vm.attachment_uid, "disk1", disk.dev());
     (tree, disk)
 }
+
+// ------------------------------------------------------- VMs shaped as KubeVirt v1.9.0 makes them
+
+/// One VM with hotplugged volumes, shaped as KubeVirt v1.9.0 makes it, for the tests that
+/// play its controller (support/controller.rs): a VMI whose `rootdisk` PVC is in the
+/// launcher pod and whose other volumes are hotpluggable PVCs, its launcher pod (Running),
+/// and attachment pods made by `create_hp_pod`.
+pub struct HotplugVm {
+    pub ns: String,
+    pub name: String,
+    pub node: String,
+    pub vmi_uid: String,
+    pub launcher: String,
+    pub launcher_uid: String,
+}
+
+pub fn vmi_api_in(cp: &ControlPlane, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(cp.admin.clone(), ns, &hotplug_watchdog::cluster::vmi_resource())
+}
+
+/// The VMI (phase Running on `node`) and its launcher pod (Running), in namespace `ns`.
+pub fn create_hotplug_vm(cp: &ControlPlane, ns: &str, name: &str, node: &str, hotplug: &[&str]) -> HotplugVm {
+    cp.rt.block_on(async {
+        let pp = PostParams::default();
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin.clone());
+        let _ = nss.create(&pp, &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap()).await;
+        let mut volumes = vec![json!({"name": "rootdisk", "persistentVolumeClaim": {"claimName": "pvc-rootdisk"}})];
+        volumes.extend(hotplug.iter().map(
+            |v| json!({"name": v, "persistentVolumeClaim": {"claimName": format!("pvc-{v}"), "hotpluggable": true}}),
+        ));
+        let vmi: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubevirt.io/nodeName": node}},
+            "spec": {"domain": {"devices": {}}, "volumes": volumes},
+            "status": {"phase": "Running", "nodeName": node}
+        }))
+        .unwrap();
+        let vmi_uid = vmi_api_in(cp, ns).create(&pp, &vmi).await.unwrap().metadata.uid.unwrap();
+        let mut vm = HotplugVm {
+            ns: ns.into(),
+            name: name.into(),
+            node: node.into(),
+            vmi_uid,
+            launcher: format!("virt-launcher-{name}-abcde"),
+            launcher_uid: String::new(),
+        };
+        vm.launcher_uid = create_launcher(cp, &vm, &vm.launcher, node).await;
+        set_pod_phase_async(cp, ns, &vm.launcher, "Running").await;
+        vm
+    })
+}
+
+/// A launcher pod of `vm` on `node` (a migration target is another one), not yet running.
+pub async fn create_launcher(cp: &ControlPlane, vm: &HotplugVm, name: &str, node: &str) -> String {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": vm.ns,
+            "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": vm.vmi_uid},
+            "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": vm.name,
+                "uid": vm.vmi_uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"nodeName": node, "containers": [{"name": "compute", "image": "virt-launcher"}],
+            "volumes": [{"name": "rootdisk", "persistentVolumeClaim": {"claimName": "pvc-rootdisk"}}]}
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), &vm.ns);
+    pods.create(&PostParams::default(), &pod).await.unwrap().metadata.uid.unwrap()
+}
+
+/// An attachment pod of `owner` (a launcher pod of `vm`), as v1.9.0's
+/// `RenderHotplugAttachmentPodTemplate` renders it: `hp-volume-` name, label
+/// `kubevirt.io=hotplug-disk`, a controller ownerReference to the launcher pod, the
+/// `hotplug-disks` emptyDir, one PVC volume per VMI volume (claim `pvc-<volume>`), grace
+/// period 0; plus the service-account token volume the ServiceAccount admission plugin adds
+/// (this control plane runs without it), which v1.9.0's "-2" in
+/// `podVolumesMatchesReadyVolumes` counts on. Not yet running.
+pub async fn create_hp_pod(
+    cp: &ControlPlane,
+    vm: &HotplugVm,
+    owner: (&str, &str),
+    name: &str,
+    node: &str,
+    volumes: &[&str],
+    annotations: serde_json::Value,
+) -> String {
+    let mut pod_volumes = vec![json!({"name": "hotplug-disks", "emptyDir": {}})];
+    pod_volumes
+        .extend(volumes.iter().map(|v| json!({"name": v, "persistentVolumeClaim": {"claimName": format!("pvc-{v}")}})));
+    pod_volumes.push(json!({"name": "kube-api-access-x7k2p",
+        "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}));
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": vm.ns, "labels": {"kubevirt.io": "hotplug-disk"}, "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": owner.0, "uid": owner.1,
+                "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "serviceAccountName": "default",
+            "containers": [{"name": "hotplug-disk", "image": "virt-launcher",
+                "volumeMounts": [{"name": "hotplug-disks", "mountPath": "/path"}]}],
+            "volumes": pod_volumes}
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), &vm.ns);
+    pods.create(&PostParams::default(), &pod).await.unwrap().metadata.uid.unwrap()
+}
+
+/// Sets a pod's phase as the kubelet would; `Running` also makes it Ready.
+pub async fn set_pod_phase_async(cp: &ControlPlane, ns: &str, pod: &str, phase: &str) {
+    let status = if phase == "Running" {
+        json!({"phase": phase, "conditions": [{"type": "Ready", "status": "True"}]})
+    } else {
+        json!({"phase": phase})
+    };
+    Api::<Pod>::namespaced(cp.admin.clone(), ns)
+        .patch_status(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&json!({"status": status})))
+        .await
+        .unwrap();
+}
+
+pub fn set_pod_phase(cp: &ControlPlane, ns: &str, pod: &str, phase: &str) {
+    cp.rt.block_on(set_pod_phase_async(cp, ns, pod, phase));
+}
+
+/// A JSON merge patch of the VMI (spec, labels or status: the CRD has no status subresource).
+pub fn patch_vmi(cp: &ControlPlane, vm: &HotplugVm, patch: serde_json::Value) {
+    cp.rt.block_on(async {
+        vmi_api_in(cp, &vm.ns)
+            .patch(&vm.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .unwrap();
+    });
+}
+
+/// The VMI's `status.volumeStatus`, as virt-controller and virt-handler write it: one entry
+/// per `(volume, phase, attachment pod name, attachment pod uid)`.
+pub fn set_volume_status(cp: &ControlPlane, vm: &HotplugVm, entries: &[(&str, &str, &str, &str)]) {
+    let list: Vec<_> = entries
+        .iter()
+        .map(|(v, phase, pod, uid)| {
+            json!({"name": v, "phase": phase, "target": if *phase == "Ready" { "sdb" } else { "" },
+                "hotplugVolume": {"attachPodName": pod, "attachPodUID": uid},
+                "persistentVolumeClaimInfo": {"claimName": format!("pvc-{v}"), "volumeMode": "Block"}})
+        })
+        .collect();
+    patch_vmi(cp, vm, json!({"status": {"volumeStatus": list}}));
+}
+
+/// A pod's `hotplug-watchdog.io/HandoffSafe` condition: `(status, reason)`.
+pub fn handoff_condition(cp: &ControlPlane, ns: &str, pod: &str) -> Option<(String, String)> {
+    cp.rt.block_on(async {
+        let p = Api::<Pod>::namespaced(cp.admin.clone(), ns).get_opt(pod).await.unwrap()?;
+        let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "hotplug-watchdog.io/HandoffSafe")?;
+        Some((c.status, c.reason.unwrap_or_default()))
+    })
+}
+
+pub fn pod_exists(cp: &ControlPlane, ns: &str, pod: &str) -> bool {
+    cp.rt.block_on(Api::<Pod>::namespaced(cp.admin.clone(), ns).get_opt(pod)).unwrap().is_some()
+}

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod controller;
+pub mod gate_decide;
 pub mod kubevirt;
 pub mod race;
 
