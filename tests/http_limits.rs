@@ -83,6 +83,15 @@ fn tenants_cannot_read_the_report_nor_starve_the_agent() {
     assert_eq!(other.get(agent.port, "/watch").0, 403);
     // From loopback (kubectl port-forward, exec): the report.
     assert_eq!(agent.get("/scan").0, 200);
+    // A request head beyond 16 KiB is not read: the connection is answered with an error
+    // or closed, never served.
+    let mut big = other.connect(agent.port);
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(big, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains(" 200 "), "a 64 KiB head was served: {}", &answer[..answer.len().min(200)]);
 
     // A flood from one address: 200 connections that send half a request head, 200 that
     // send nothing.
