@@ -106,14 +106,7 @@ pub fn notices(
     let before = unsafe_handoffs(old);
     for pod in unsafe_handoffs(new).difference(&before) {
         let a = &new.attachment_pods[pod];
-        let orphans: Vec<String> = a
-            .sole_backer_of
-            .iter()
-            .map(|k| {
-                let dev = new.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
-                format!("{} ({dev})", k.volume)
-            })
-            .collect();
+        let orphans = a.orphans(new);
         out.push(Notice {
             kind: NoticeKind::HandoffUnsafe,
             launcher: a.launcher.clone().expect("unsafe_handoffs only returns pods with a launcher"),

@@ -225,6 +225,17 @@ impl AttachmentVerdict {
     pub fn handoff_safe(&self) -> bool {
         self.handoff.status() == ConditionStatus::True
     }
+
+    /// The volumes deleting this pod would orphan, as a person reads them: `disk1 (7:1)`.
+    pub fn orphans(&self, verdicts: &Verdicts) -> Vec<String> {
+        self.sole_backer_of
+            .iter()
+            .map(|k| {
+                let dev = verdicts.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
+                format!("{} ({dev})", k.volume)
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

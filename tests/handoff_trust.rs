@@ -65,6 +65,17 @@ fn intruder_dir(tree: &KubeletTree, uid: &str, disk: &LoopDevice) {
     tree.attach_block(uid, "disk1", disk.dev());
 }
 
+/// The VM's node with disk1 hotplugged, and the agent watching it in cluster mode, once it
+/// has said that the VM's only attachment pod is not safe to delete.
+fn watched_vm() -> (ControlPlane, Vm, KubeletTree, LoopDevice, Agent) {
+    let cp = ControlPlane::start();
+    let vm = create_vm(&cp, &["disk1"]);
+    let (tree, disk) = node_with_disk1(&vm);
+    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
+    wait_handoff(&agent, &cp, "hp-volume-aaaaa", "False", "SoleBacker");
+    (cp, vm, tree, disk, agent)
+}
+
 fn unconfirmed(agent: &Agent) -> Vec<String> {
     agent.report()["unconfirmed"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect()
 }
@@ -74,11 +85,7 @@ fn intruders_never_make_a_sole_backer_safe() {
     if !require_root("intruders_never_make_a_sole_backer_safe") {
         return;
     }
-    let cp = ControlPlane::start();
-    let vm = create_vm(&cp, &["disk1"]);
-    let (tree, disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
-    wait_handoff(&agent, &cp, "hp-volume-aaaaa", "False", "SoleBacker");
+    let (cp, vm, tree, disk, agent) = watched_vm();
 
     let on_node = |name: &str, ns: &str, labels: serde_json::Value, owners: serde_json::Value| {
         json!({
@@ -269,11 +276,7 @@ fn nothing_left_to_protect_turns_true_promptly() {
     if !require_root("nothing_left_to_protect_turns_true_promptly") {
         return;
     }
-    let cp = ControlPlane::start();
-    let vm = create_vm(&cp, &["disk1"]);
-    let (tree, _disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
-    wait_handoff(&agent, &cp, "hp-volume-aaaaa", "False", "SoleBacker");
+    let (cp, vm, tree, _disk, agent) = watched_vm();
     let pods = Api::<Pod>::namespaced(cp.admin.clone(), NS);
     let mut reactions = Vec::new();
 
@@ -334,11 +337,7 @@ fn a_launcher_directory_that_is_gone_protects_nothing() {
     if !require_root("a_launcher_directory_that_is_gone_protects_nothing") {
         return;
     }
-    let cp = ControlPlane::start();
-    let vm = create_vm(&cp, &["disk1"]);
-    let (tree, _disk) = node_with_disk1(&vm);
-    let agent = Agent::start_cluster(&tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--rescan-interval", "1h"]);
-    wait_handoff(&agent, &cp, "hp-volume-aaaaa", "False", "SoleBacker");
+    let (cp, vm, tree, _disk, agent) = watched_vm();
     after_rate_limit_window();
     tree.remove_pod(&vm.launcher_uid);
     // The removal is seen in steps (the VM's node first: NoDeviceInUse, then the

@@ -96,17 +96,10 @@ fn handoff_safe(verdicts: &Verdicts, a: &AttachmentVerdict) -> Desired {
         VmiFinal => "the VMI has finished: nothing of it is left to protect".to_string(),
         LauncherGone => "the launcher pod has ended or is going: nothing of it is left to protect".to_string(),
         TriggerPod => "a WaitForFirstConsumer trigger pod: no VM uses it".to_string(),
-        SoleBacker => {
-            let orphans: Vec<String> = a
-                .sole_backer_of
-                .iter()
-                .map(|k| {
-                    let dev = verdicts.volumes.get(k).and_then(|v| v.device).map_or("-".into(), |d| d.to_string());
-                    format!("{} ({dev})", k.volume)
-                })
-                .collect();
-            format!("only this pod serves the VM's {}: deleting it would tear the disk down", orphans.join(", "))
-        }
+        SoleBacker => format!(
+            "only this pod serves the VM's {}: deleting it would tear the disk down",
+            a.orphans(verdicts).join(", ")
+        ),
         DirectoryUnreadable => {
             "the pod's hotplug-disks directory could not be read whole (a read error, or too many entries): what it serves is not known".into()
         }

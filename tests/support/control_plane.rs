@@ -297,6 +297,19 @@ impl ControlPlane {
         write_kubeconfig(self.dir.path(), self.port, Some(node))
     }
 
+    /// A client acting as the agent's ServiceAccount, but with a token that names no node
+    /// (no node-name extra): what admission must refuse everything.
+    pub fn agent_client_without_node(&self) -> Client {
+        let path = self.agent_kubeconfig("none");
+        let text = fs::read_to_string(&path).unwrap();
+        let without =
+            text.replace("    as-user-extra:\n      authentication.kubernetes.io/node-name: [\"none\"]\n", "");
+        assert_ne!(text, without, "the kubeconfig names the node-name extra");
+        let path = path.with_file_name("agent-without-node.kubeconfig");
+        fs::write(&path, without).unwrap();
+        self.rt.block_on(client_from(&path))
+    }
+
     /// A client acting as the agent, for tests of what its role allows.
     pub fn agent_client(&self, node: &str) -> Client {
         let path = self.agent_kubeconfig(node);
