@@ -121,8 +121,8 @@ pub struct Inventory {
     /// `None`: standalone mode, or cluster mode before the watches first synced: roles
     /// are inferred from directories (a diagnostic, never a source of safety).
     cluster: Option<ClusterFacts>,
-    /// The mount table names the kubelet root the agent reads (checked at start); when it
-    /// does not, filesystem volumes cannot be seen and no handoff is judged safe.
+    /// The mount table does not show the kubelet root the agent reads (checked with every
+    /// full scan): filesystem volumes cannot be seen, and no handoff is judged safe.
     mount_view_mismatch: bool,
     /// `Seq` of the latest full scan applied; 0 before the first.
     watermark: Seq,
@@ -210,11 +210,6 @@ impl Inventory {
     /// Every pod the agent has a fact about: read, or failed to read.
     pub fn pod_facts(&self) -> impl Iterator<Item = (&PodUid, &PodFact)> {
         self.pods.iter().map(|(uid, (_, f))| (uid, f)).filter(|(_, f)| f.disks.is_some() || f.unreadable.is_some())
-    }
-
-    /// Why the last read of this pod's directory failed, if it did.
-    pub fn unreadable(&self, uid: &str) -> Option<Unreadable> {
-        self.pods.get(uid).and_then(|(_, f)| f.unreadable)
     }
 
     /// The pod has no hotplug-disks directory on the node, as far as a full scan and
