@@ -88,33 +88,10 @@ fn vm_with_disk1(cp: &ControlPlane, tree: &KubeletTree, agent: &Agent, ns: &str)
 }
 
 fn hotplug_disk2(cp: &ControlPlane, tree: &KubeletTree, v: &mut Vm, shared: bool) -> Instant {
-    let vm = &v.vm;
-    patch_vmi(
-        cp,
-        vm,
-        json!({"spec": {"volumes": [
-            {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "pvc-rootdisk"}},
-            {"name": "disk1", "persistentVolumeClaim": {"claimName": "pvc-disk1", "hotpluggable": true}},
-            {"name": "disk2", "persistentVolumeClaim": {"claimName": "pvc-disk2", "hotpluggable": true}}]}}),
-    );
-    let launcher = (vm.launcher.as_str(), vm.launcher_uid.as_str());
-    let uid = cp.rt.block_on(create_hp_pod(cp, vm, launcher, NEW, NODE, &["disk1", "disk2"], json!({})));
-    let disk1 = if shared {
-        v.devices[0].dev()
-    } else {
-        v.devices.push(LoopDevice::add());
-        v.devices.last().unwrap().dev()
-    };
-    v.devices.push(LoopDevice::add());
-    let disk2 = v.devices.last().unwrap().dev();
-    tree.attachment(&uid);
-    tree.attach_block(&uid, "disk1", disk1);
-    tree.attach_block(&uid, "disk2", disk2);
-    let appeared = Instant::now();
-    set_pod_phase(cp, &vm.ns, NEW, "Running");
-    tree.launcher_block(&vm.launcher_uid, "disk2", disk2);
-    set_volume_status(cp, vm, &[("disk1", "Ready", NEW, &uid), ("disk2", "Ready", NEW, &uid)]);
-    appeared
+    let h = support::kubevirt::hotplug_disk2(cp, tree, &v.vm, NEW, v.devices[0].dev(), shared);
+    v.devices.extend(h.disk1_new);
+    v.devices.push(h.disk2);
+    h.appeared
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -90,32 +90,11 @@ fn setup(with_agent: bool) -> Setup {
     Setup { cp, vm, tree, old_uid, old_dev, agent }
 }
 
-/// The user hotplugs disk2: the new attachment pod `NEW` holds disk1 and disk2, its devices
-/// appear (disk1 on a new device, or on the old pod's), it runs, virt-handler makes disk2's
-/// node in the launcher and the volumes are Ready. Returns the new pod's devices and when
-/// they appeared.
+/// The user hotplugs disk2 (support/kubevirt.rs): the new attachment pod `NEW`. Returns
+/// the new pod's devices and when they appeared.
 fn hotplug_disk2(s: &Setup, shared: bool) -> (Option<LoopDevice>, LoopDevice, Instant) {
-    let (cp, vm) = (&s.cp, &s.vm);
-    patch_vmi(
-        cp,
-        vm,
-        json!({"spec": {"volumes": [
-            {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "pvc-rootdisk"}},
-            {"name": "disk1", "persistentVolumeClaim": {"claimName": "pvc-disk1", "hotpluggable": true}},
-            {"name": "disk2", "persistentVolumeClaim": {"claimName": "pvc-disk2", "hotpluggable": true}}]}}),
-    );
-    let launcher = (vm.launcher.as_str(), vm.launcher_uid.as_str());
-    let new_uid = cp.rt.block_on(create_hp_pod(cp, vm, launcher, NEW, NODE, &["disk1", "disk2"], json!({})));
-    let disk1_new = (!shared).then(LoopDevice::add);
-    let disk2 = LoopDevice::add();
-    s.tree.attachment(&new_uid);
-    s.tree.attach_block(&new_uid, "disk1", disk1_new.as_ref().map_or(s.old_dev.dev(), |d| d.dev()));
-    s.tree.attach_block(&new_uid, "disk2", disk2.dev());
-    let appeared = Instant::now();
-    set_pod_phase(cp, NS, NEW, "Running");
-    s.tree.launcher_block(&vm.launcher_uid, "disk2", disk2.dev());
-    set_volume_status(cp, vm, &[("disk1", "Ready", NEW, &new_uid), ("disk2", "Ready", NEW, &new_uid)]);
-    (disk1_new, disk2, appeared)
+    let h = support::kubevirt::hotplug_disk2(&s.cp, &s.tree, &s.vm, NEW, s.old_dev.dev(), shared);
+    (h.disk1_new, h.disk2, h.appeared)
 }
 
 /// Every change of a pod's HandoffSafe condition, as an API watch sees it: (status, reason,

@@ -232,6 +232,49 @@ pub fn set_volume_status(cp: &ControlPlane, vm: &HotplugVm, entries: &[(&str, &s
     patch_vmi(cp, vm, json!({"status": {"volumeStatus": list}}));
 }
 
+/// What hotplugging disk2 left on the node: the new attachment pod, its own device for
+/// disk1 (none when the old pod's is shared), disk2's device, and when they appeared.
+pub struct Disk2Hotplug {
+    pub pod_uid: String,
+    pub disk1_new: Option<LoopDevice>,
+    pub disk2: LoopDevice,
+    pub appeared: std::time::Instant,
+}
+
+/// The user hotplugs disk2 into `vm`, whose disk1 is on `old_disk1`: the VMI's spec gains
+/// disk2; the new attachment pod `new_pod` holds disk1 and disk2 and its devices appear
+/// (disk1 on a new device, or on `old_disk1` when `shared`); it runs, virt-handler makes
+/// disk2's node in the launcher, and both volumes are Ready.
+pub fn hotplug_disk2(
+    cp: &ControlPlane,
+    tree: &KubeletTree,
+    vm: &HotplugVm,
+    new_pod: &str,
+    old_disk1: hotplug_watchdog::device::DevNum,
+    shared: bool,
+) -> Disk2Hotplug {
+    patch_vmi(
+        cp,
+        vm,
+        json!({"spec": {"volumes": [
+            {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "pvc-rootdisk"}},
+            {"name": "disk1", "persistentVolumeClaim": {"claimName": "pvc-disk1", "hotpluggable": true}},
+            {"name": "disk2", "persistentVolumeClaim": {"claimName": "pvc-disk2", "hotpluggable": true}}]}}),
+    );
+    let launcher = (vm.launcher.as_str(), vm.launcher_uid.as_str());
+    let pod_uid = cp.rt.block_on(create_hp_pod(cp, vm, launcher, new_pod, &vm.node, &["disk1", "disk2"], json!({})));
+    let disk1_new = (!shared).then(LoopDevice::add);
+    let disk2 = LoopDevice::add();
+    tree.attachment(&pod_uid);
+    tree.attach_block(&pod_uid, "disk1", disk1_new.as_ref().map_or(old_disk1, |d| d.dev()));
+    tree.attach_block(&pod_uid, "disk2", disk2.dev());
+    let appeared = std::time::Instant::now();
+    set_pod_phase(cp, &vm.ns, new_pod, "Running");
+    tree.launcher_block(&vm.launcher_uid, "disk2", disk2.dev());
+    set_volume_status(cp, vm, &[("disk1", "Ready", new_pod, &pod_uid), ("disk2", "Ready", new_pod, &pod_uid)]);
+    Disk2Hotplug { pod_uid, disk1_new, disk2, appeared }
+}
+
 /// A pod's `hotplug-watchdog.io/HandoffSafe` condition: `(status, reason)`.
 pub fn handoff_condition(cp: &ControlPlane, ns: &str, pod: &str) -> Option<(String, String)> {
     cp.rt.block_on(async {
