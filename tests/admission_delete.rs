@@ -99,7 +99,27 @@ fn hotplug_disk2(s: &Setup, shared: bool) -> (Option<LoopDevice>, LoopDevice, In
 
 /// Every change of a pod's HandoffSafe condition, as an API watch sees it: (status, reason,
 /// when seen).
-struct ConditionLog(Arc<Mutex<Vec<(String, String, Instant)>>>, #[allow(dead_code)] AbortOnDrop);
+/// The HandoffSafe condition of one pod as its own watch stream saw it change, ending with
+/// the condition the pod carried when it was deleted. One stream is ordered by
+/// resourceVersion, so "said True before the delete" is read from it alone, never by comparing
+/// its clock with another watcher's (two streams may deliver in either order).
+struct ConditionLog(Arc<Mutex<Vec<Seen>>>, #[allow(dead_code)] AbortOnDrop);
+
+#[derive(Clone, Debug, PartialEq)]
+enum Seen {
+    Condition { status: String, reason: String, at: Instant },
+    /// The pod is gone; the condition is its last one (the object the admission policy read).
+    Deleted { status: String, reason: String },
+}
+
+fn handoff_of(p: &Pod) -> (String, String) {
+    let c = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "hotplug-watchdog.io/HandoffSafe"));
+    c.map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default())).unwrap_or_default()
+}
 
 impl ConditionLog {
     fn start(cp: &ControlPlane, ns: &str, pod: &str) -> Self {
@@ -110,33 +130,53 @@ impl ConditionLog {
         let task = cp.rt.spawn(async move {
             let mut stream = watcher(api, config).default_backoff().boxed();
             while let Some(e) = stream.next().await {
-                let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = (match e {
-                    Ok(e) => e,
-                    Err(_) => continue,
-                }) else {
-                    continue;
-                };
-                let c = p
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.type_ == "hotplug-watchdog.io/HandoffSafe");
-                if let Some(c) = c {
-                    let mut v = out.lock().unwrap();
-                    let reason = c.reason.unwrap_or_default();
-                    if v.last().is_none_or(|(s, r, _)| *s != c.status || *r != reason) {
-                        v.push((c.status, reason, Instant::now()));
+                let seen = match e {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                        let (status, reason) = handoff_of(&p);
+                        Seen::Condition { status, reason, at: Instant::now() }
                     }
+                    Ok(watcher::Event::Delete(p)) => {
+                        let (status, reason) = handoff_of(&p);
+                        Seen::Deleted { status, reason }
+                    }
+                    _ => continue,
+                };
+                let mut v = out.lock().unwrap();
+                let changed = match (v.last(), &seen) {
+                    (Some(Seen::Condition { status, reason, .. }), Seen::Condition { status: s, reason: r, .. }) => {
+                        status != s || reason != r
+                    }
+                    _ => true,
+                };
+                if changed {
+                    v.push(seen);
                 }
             }
         });
         ConditionLog(log, AbortOnDrop(task))
     }
 
-    /// When the condition was first seen as (status, reason).
-    fn first(&self, status: &str, reason: &str) -> Option<Instant> {
-        self.0.lock().unwrap().iter().find(|(s, r, _)| s == status && r == reason).map(|(_, _, t)| *t)
+    /// When the condition was first seen as (status, reason), if that was before the pod's
+    /// deletion; panics with the whole log otherwise. Also checks that the deleted object
+    /// carried (status, reason): the state the admission policy let through.
+    fn said_before_deleted(&self, status: &str, reason: &str) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.0.lock().unwrap().clone();
+            if let Some(i) = log.iter().position(|e| matches!(e, Seen::Deleted { .. })) {
+                let Seen::Deleted { status: s, reason: r } = &log[i] else { unreachable!() };
+                assert_eq!((s.as_str(), r.as_str()), (status, reason), "deleted with another condition: {log:#?}");
+                return log[..i]
+                    .iter()
+                    .find_map(|e| match e {
+                        Seen::Condition { status: s, reason: r, at } if s == status && r == reason => Some(*at),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("deleted before the agent said {status} ({reason}): {log:#?}"));
+            }
+            assert!(Instant::now() < deadline, "the condition log never saw the deletion: {log:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -236,8 +276,7 @@ fn a_shared_device_is_released_once_the_new_pod_serves_it() {
     let deleted = stats.deleted(OLD).unwrap();
     assert!(!pod_exists(&s.cp, NS, OLD));
     let refusals = refusals_name_sole_backer(&stats, OLD);
-    let released = log.first("True", "DevicesServedElsewhere").expect("the agent said True before the delete");
-    assert!(released <= deleted, "the DELETE went through before the agent said True");
+    let released = log.said_before_deleted("True", "DevicesServedElsewhere");
     nothing_vanished(&s);
     eprintln!(
         "shared device: released {} after the new pod's device appeared (condition True after {}), {refusals} DELETEs refused before",
@@ -263,8 +302,7 @@ fn released_without_a_hold(s: &Setup, reason: &str, change: impl FnOnce()) {
     let deleted = stats.deleted(OLD).unwrap();
     assert!(!pod_exists(&s.cp, NS, OLD));
     let refusals = refusals_name_sole_backer(&stats, OLD);
-    let said = log.first("True", reason).unwrap_or_else(|| panic!("the agent never said True ({reason})"));
-    assert!(said <= deleted, "deleted before the agent said True ({reason})");
+    let said = log.said_before_deleted("True", reason);
     assert!(stats.attempts.iter().all(|a| a.pod == OLD), "{stats:#?}");
     eprintln!(
         "{reason}: the agent said True after {}, the DELETE ({}) went through after {}; {refusals} refused before",
