@@ -306,7 +306,8 @@ impl Engine {
         self.record(&changes, &new, latency);
         let found = {
             let p = self.published.read().unwrap_or_else(|e| e.into_inner());
-            let pod_name = |uid: &PodUid| p.names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.clone());
+            let pod_name =
+                |uid: &PodUid| p.names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.to_string());
             notices(&self.verdicts, &new, &changes, pod_name)
         };
         for n in found {

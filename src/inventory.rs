@@ -11,11 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::device::DevNum;
-use crate::layout::{MountSite, PodDisks, PodUid, Unreadable};
-
-/// Order of reads: higher was read later.
-pub type Seq = u64;
+pub use crate::model::{ApiAttachment, ApiLauncher, ClusterFacts, DiskId, Finished, Seq};
+use crate::model::{DevNum, MountSite, PodDisks, PodUid, Unreadable};
 
 /// What a source saw. Sources only observe; the inventory and the verdicts decide.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,56 +42,6 @@ pub struct FullScan {
     /// The identity of the disk behind each present device, where known.
     pub identities: BTreeMap<DevNum, DiskId>,
     pub mounts: BTreeMap<MountSite, DevNum>,
-}
-
-/// Which disk a device number belongs to now. A device number is reused when a disk is
-/// torn down and another created (nbd, NVMe-oF, loop): `diskseq` (Linux 5.15+) is new for
-/// every disk the kernel creates; where the kernel has none, udev's serial or WWN.
-pub type DiskId = String;
-
-/// The API server's part of the picture (cluster mode): which pod directories belong to
-/// which role. Roles come from here only, never from what a directory holds: a tenant
-/// controls the contents of its pods' emptyDirs (names, sockets, device nodes with any
-/// number), not the API's record of who owns what.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterFacts {
-    /// Launcher pods the API confirms on this node (label `kubevirt.io=virt-launcher`,
-    /// controller-owned by the VMI named in `kubevirt.io/created-by`).
-    pub launchers: BTreeMap<PodUid, ApiLauncher>,
-    /// Attachment pods the API shows on this node (label `kubevirt.io=hotplug-disk`, a
-    /// controller ownerReference to a pod). Their launcher is confirmed only when it is in
-    /// `launchers` (same namespace checked when the view was built).
-    pub attachment_pods: BTreeMap<PodUid, ApiAttachment>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApiLauncher {
-    /// The volume names in its VMI's spec; `None` when the VMI is not watched (not on this
-    /// node any more, e.g. a migration source): nothing can be said about unplugs then.
-    pub spec_volumes: Option<BTreeSet<String>>,
-    /// Why nothing of this launcher needs protecting any more, when that is so.
-    pub finished: Option<Finished>,
-}
-
-/// Why a launcher's devices need no protection any more: KubeVirt's own cleanup
-/// (`deleteAllAttachmentPods`, `deleteOrphanedAttachmentPods`) must not be held.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finished {
-    /// The VMI is Succeeded or Failed.
-    VmiFinal,
-    /// The launcher pod is Succeeded, Failed or being deleted.
-    LauncherDone,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiAttachment {
-    /// The launcher pod of its controller ownerReference.
-    pub launcher: PodUid,
-    /// Creation time, in the API server's whole seconds: which pod is newer.
-    pub created: i64,
-    /// A WaitForFirstConsumer trigger pod (annotation `kubevirt.io/ephemeral-provisioning`):
-    /// it exists only to get a PVC bound and serves no VM.
-    pub trigger: bool,
 }
 
 /// What the agent knows of one pod directory: the last read, and whether that read
@@ -255,7 +202,7 @@ impl Inventory {
                 continue;
             }
             let Some(id) = self.identity(dev).cloned() else { continue };
-            self.remembered.entry(launcher.to_string()).or_default().insert(volume.to_string(), (dev, id));
+            self.remembered.entry(launcher.into()).or_default().insert(volume.to_string(), (dev, id));
         }
     }
 

@@ -28,6 +28,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 
 use crate::device::DevNum;
+pub use crate::model::{LauncherEntry, MountSite, PodDisks, PodUid, Unreadable};
 
 /// The directories between a pod directory and its hotplug-disks emptyDir.
 pub const HOTPLUG_SUBPATH: [&str; 3] = ["volumes", "kubernetes.io~empty-dir", "hotplug-disks"];
@@ -36,43 +37,6 @@ pub const ATTACHMENT_SOCKET: &str = "hp.sock";
 /// Suffix of a filesystem-mode volume in the launcher's hotplug-disks directory.
 pub const IMAGE_SUFFIX: &str = ".img";
 pub const DEFAULT_ROOT: &str = "/var/lib/kubelet/pods";
-
-/// A pod's UID as the kubelet names its directory.
-pub type PodUid = String;
-
-/// What a pod's hotplug-disks directory holds, by role.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PodDisks {
-    Launcher(BTreeMap<String, LauncherEntry>),
-    /// Block volumes served by an attachment pod: volume name -> device of its node.
-    Attachment(BTreeMap<String, DevNum>),
-}
-
-impl PodDisks {
-    /// Every device number this pod's nodes point at.
-    pub fn devices(&self) -> Vec<DevNum> {
-        match self {
-            PodDisks::Launcher(entries) => entries
-                .values()
-                .filter_map(|e| match e {
-                    LauncherEntry::Block(d) => Some(*d),
-                    _ => None,
-                })
-                .collect(),
-            PodDisks::Attachment(vols) => vols.values().copied().collect(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LauncherEntry {
-    /// `<volume>`: a block node pointing at this device.
-    Block(DevNum),
-    /// `<volume>.img`: whether something is mounted on it is for mountinfo to say.
-    Image,
-    /// `<volume>/`: a utility or memory-dump volume; not a disk, not judged.
-    Directory,
-}
 
 /// One pod directory, read once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,14 +52,6 @@ pub struct PodScan {
     /// proves nothing (a volume not listed is not a volume gone). Absence (ENOENT) is not
     /// an error: it is what the pod looks like.
     pub unreadable: Option<Unreadable>,
-}
-
-/// Why a pod's hotplug tree could not be read whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unreadable {
-    Error(Errno),
-    /// More than [`MAX_ENTRIES`] entries in one directory: the rest was not read.
-    TooManyEntries,
 }
 
 /// The most entries read from one hotplug-disks or volume directory. A tenant controls
@@ -183,16 +139,6 @@ pub enum LayoutError {
     RootUnreadable { path: PathBuf, errno: Errno },
 }
 
-/// Where a mount point sits in the layout, when it matters to us.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum MountSite {
-    /// `<uid>/volumes/kubernetes.io~empty-dir/hotplug-disks/<volume>.img`
-    LauncherImage { pod: PodUid, volume: String },
-    /// Anything else under `<uid>/volumes/`: a pod's own volume mounts (an attachment
-    /// pod's PVC is mounted there by the kubelet).
-    PodVolume { pod: PodUid, path: String },
-}
-
 #[derive(Clone, Debug)]
 pub struct KubeletLayout {
     root: PathBuf,
@@ -227,7 +173,7 @@ impl KubeletLayout {
             let path = self.root.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
             match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map(|st| file_kind(st.st_mode)) {
                 Ok(SFlag::S_IFDIR) => match name.to_str() {
-                    Ok(uid) => pods.push(uid.to_string()),
+                    Ok(uid) => pods.push(PodUid::from(uid)),
                     Err(_) => skipped.push(Skipped { path, reason: SkipReason::NonUtf8Name }),
                 },
                 Ok(SFlag::S_IFLNK) => skipped.push(Skipped { path, reason: SkipReason::Symlink }),
@@ -245,7 +191,7 @@ impl KubeletLayout {
 
     /// Reads one pod's hotplug-disks directory.
     pub fn scan_pod(&self, uid: &str) -> PodScan {
-        let mut scan = PodScan { uid: uid.to_string(), disks: None, skipped: Vec::new(), unreadable: None };
+        let mut scan = PodScan { uid: uid.into(), disks: None, skipped: Vec::new(), unreadable: None };
         // Walk down one component at a time so that no component can be a symlink.
         let mut path = self.root.clone();
         let mut fd = match open_root(&self.root) {
@@ -319,10 +265,10 @@ impl KubeletLayout {
         match parts.as_slice() {
             [pod, v, e, h, file] if [*v, *e, *h] == HOTPLUG_SUBPATH && file.len() > IMAGE_SUFFIX.len() => {
                 let volume = file.strip_suffix(IMAGE_SUFFIX)?;
-                Some(MountSite::LauncherImage { pod: pod.to_string(), volume: volume.to_string() })
+                Some(MountSite::LauncherImage { pod: PodUid::from(*pod), volume: volume.to_string() })
             }
             [pod, v, rest @ ..] if *v == HOTPLUG_SUBPATH[0] && !rest.is_empty() => {
-                Some(MountSite::PodVolume { pod: pod.to_string(), path: rest.join("/") })
+                Some(MountSite::PodVolume { pod: PodUid::from(*pod), path: rest.join("/") })
             }
             _ => None,
         }

@@ -9,6 +9,7 @@ pub mod kmsg;
 pub mod layout;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod mountinfo;
 pub mod notice;
 pub mod report;

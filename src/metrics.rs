@@ -108,7 +108,7 @@ impl Published {
     pub fn volume_labels(&self, key: &VolumeKey) -> VolumeLabels {
         let n = self.names.get(&key.launcher).cloned().unwrap_or_default();
         VolumeLabels {
-            pod_uid: key.launcher.clone(),
+            pod_uid: key.launcher.to_string(),
             volume: key.volume.clone(),
             namespace: n.namespace.unwrap_or_default(),
             vmi: n.vmi.unwrap_or_default(),
@@ -119,7 +119,7 @@ impl Published {
     fn pod_labels(&self, uid: &PodUid) -> PodLabels {
         let n = self.names.get(uid).cloned().unwrap_or_default();
         PodLabels {
-            pod_uid: uid.clone(),
+            pod_uid: uid.to_string(),
             namespace: n.namespace.unwrap_or_default(),
             vmi: n.vmi.unwrap_or_default(),
             pod: n.pod.unwrap_or_default(),

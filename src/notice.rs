@@ -133,7 +133,7 @@ mod tests {
         let mut inv = Inventory::default();
         inv.apply(Observation::FullScan(FullScan {
             seq: 1,
-            pods: pods.iter().map(|(u, d)| (u.to_string(), d.clone())).collect(),
+            pods: pods.iter().map(|(u, d)| (PodUid::from(*u), d.clone())).collect(),
             devices: devices.iter().copied().collect(),
             mounts: BTreeMap::new(),
             ..Default::default()
@@ -150,7 +150,7 @@ mod tests {
     }
 
     fn kinds(old: &Verdicts, new: &Verdicts) -> Vec<NoticeKind> {
-        notices(old, new, &transitions(old, new), Clone::clone).into_iter().map(|n| n.kind).collect()
+        notices(old, new, &transitions(old, new), |u| u.to_string()).into_iter().map(|n| n.kind).collect()
     }
 
     #[test]

@@ -6,18 +6,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+pub use crate::model::PodNames;
+
 use crate::device::DevNum;
 use crate::layout::{PodUid, Skipped};
 use crate::verdict::{Verdicts, VolumeKey, VolumeMode, VolumeState};
-
-/// Cluster names for a pod, filled in by cluster mode; empty in standalone mode.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PodNames {
-    pub namespace: Option<String>,
-    pub vmi: Option<String>,
-    /// The pod's own name.
-    pub pod: Option<String>,
-}
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Report {
@@ -220,11 +213,11 @@ fn esc(s: &str) -> String {
     s.escape_debug().to_string()
 }
 
-fn list(items: &[String]) -> String {
+fn list<S: AsRef<str>>(items: &[S]) -> String {
     if items.is_empty() {
         "-".into()
     } else {
-        items.iter().map(|s| esc(s)).collect::<Vec<_>>().join(",")
+        items.iter().map(|s| esc(s.as_ref())).collect::<Vec<_>>().join(",")
     }
 }
 

@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::device::DevNum;
+use crate::model::DiskId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UeventAction {
@@ -34,21 +35,12 @@ impl BlockUevent {
     /// The identity of the disk (or partition) behind the number, as the event tells it;
     /// the same string a read of sysfs gives (`sysfs::identity`), so that a `change` event
     /// never looks like another disk. `None`: the event does not say enough.
-    pub fn identity(&self) -> Option<String> {
+    pub fn identity(&self) -> Option<DiskId> {
         match (self.diskseq, self.partition) {
-            (Some(seq), None) => Some(disk_identity(seq, None)),
-            (Some(seq), Some(Some(part))) => Some(disk_identity(seq, Some(part))),
+            (Some(diskseq), None) => Some(DiskId::DiskSeq { diskseq, partition: None }),
+            (Some(diskseq), Some(Some(p))) => Some(DiskId::DiskSeq { diskseq, partition: Some(p) }),
             _ => None,
         }
-    }
-}
-
-/// How a disk's identity is written: `diskseq:<n>`, and `p<number>` for a partition (which
-/// has its disk's diskseq). One function for uevents and sysfs alike.
-pub fn disk_identity(diskseq: u64, partition: Option<u32>) -> String {
-    match partition {
-        None => format!("diskseq:{diskseq}"),
-        Some(p) => format!("diskseq:{diskseq}p{p}"),
     }
 }
 
@@ -147,7 +139,7 @@ mod tests {
                 partition: None,
             }
         );
-        assert_eq!(ev.identity().as_deref(), Some("diskseq:310"));
+        assert_eq!(ev.identity().map(|i| i.to_string()).as_deref(), Some("diskseq:310"));
     }
 
     /// What the kernel sends for a partition (seen with `partx -a` on a loop device): its
@@ -157,7 +149,7 @@ mod tests {
         let part = b"change@/devices/virtual/block/loop0/loop0p1\0ACTION=change\0SUBSYSTEM=block\0MAJOR=259\0MINOR=0\0DEVNAME=loop0p1\0DEVTYPE=partition\0DISKSEQ=17\0PARTN=1\0";
         let ev = from_properties(split_payload(part)).unwrap();
         assert_eq!(ev.partition, Some(Some(1)));
-        assert_eq!(ev.identity().as_deref(), Some("diskseq:17p1"));
+        assert_eq!(ev.identity().map(|i| i.to_string()).as_deref(), Some("diskseq:17p1"));
         let no_number =
             b"change@/x\0ACTION=change\0SUBSYSTEM=block\0MAJOR=259\0MINOR=0\0DEVTYPE=partition\0DISKSEQ=17\0";
         assert_eq!(from_properties(split_payload(no_number)).unwrap().identity(), None, "read from sysfs instead");

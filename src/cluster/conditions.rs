@@ -185,7 +185,7 @@ mod tests {
     }
 
     fn api_pods() -> BTreeMap<PodUid, String> {
-        ["old", "new", "elsewhere"].map(|p| (p.to_string(), format!("hp-volume-{p}"))).into_iter().collect()
+        ["old", "new", "elsewhere"].map(|p| (PodUid::from(p), format!("hp-volume-{p}"))).into_iter().collect()
     }
 
     fn status_of<'a>(d: &'a BTreeMap<PodUid, Vec<Desired>>, pod: &str, t: &str) -> &'a Desired {

@@ -131,7 +131,7 @@ impl ConditionWriter {
         let mut again: Option<Instant> = None;
         let mut later = |t: Instant| again = Some(again.map_or(t, |a| a.min(t)));
         for (uid, want) in desired {
-            let Some(pod) = observed.get(uid) else { continue };
+            let Some(pod) = observed.get(uid.as_str()) else { continue };
             let now = Instant::now();
             let state = self.pods.entry(uid.clone()).or_default();
             let Some(body) = patch(pod, want, &Time(k8s_openapi::jiff::Timestamp::now())) else {

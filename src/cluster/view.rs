@@ -16,7 +16,8 @@ use kube::api::DynamicObject;
 
 use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, Finished};
 use crate::layout::PodUid;
-use crate::report::PodNames;
+use crate::model::PodNames;
+pub use crate::model::VmiRef;
 
 pub const LABEL_KUBEVIRT: &str = "kubevirt.io";
 pub const LAUNCHER_ROLE: &str = "virt-launcher";
@@ -27,14 +28,6 @@ pub const LABEL_NODE_NAME: &str = "kubevirt.io/nodeName";
 /// in `kubevirt.io/api/core/v1/types.go`): they share the attachment pods' prefix, label and
 /// owner, but only get a PVC bound.
 pub const ANNOTATION_EPHEMERAL_PROVISIONING: &str = "kubevirt.io/ephemeral-provisioning";
-
-/// A VMI, enough to name it and to point an Event at it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmiRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -114,7 +107,7 @@ impl ClusterView {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             if let Some(v) = vmi {
                 view.vmis.insert(
-                    uid.to_string(),
+                    uid.into(),
                     VmiRef {
                         namespace: ns.clone(),
                         name: v.metadata.name.clone().unwrap_or_default(),
@@ -124,11 +117,11 @@ impl ClusterView {
             }
             view.facts
                 .launchers
-                .insert(uid.to_string(), ApiLauncher { spec_volumes: vmi.map(|v| spec_volume_names(v)), finished });
+                .insert(uid.into(), ApiLauncher { spec_volumes: vmi.map(|v| spec_volume_names(v)), finished });
             // The VMI may not be watched (yet, or any more): its name is in the
             // launcher's ownerReference too.
             view.names.insert(
-                uid.to_string(),
+                uid.into(),
                 PodNames { namespace: Some(ns), vmi: Some(vmi_name.to_string()), pod: pod.metadata.name.clone() },
             );
         }
@@ -155,11 +148,11 @@ impl ClusterView {
             let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
             view.facts
                 .attachment_pods
-                .insert(uid.to_string(), ApiAttachment { launcher: launcher.to_string(), created, trigger });
-            view.attachment_pods.insert(uid.to_string(), pod.metadata.name.clone().unwrap_or_default());
+                .insert(uid.into(), ApiAttachment { launcher: launcher.into(), created, trigger });
+            view.attachment_pods.insert(uid.into(), pod.metadata.name.clone().unwrap_or_default());
             let vmi = view.names.get(launcher).and_then(|n| n.vmi.clone());
             view.names.insert(
-                uid.to_string(),
+                uid.into(),
                 PodNames { namespace: pod.metadata.namespace.clone(), vmi, pod: pod.metadata.name.clone() },
             );
         }

@@ -159,7 +159,7 @@ impl TreeWatcher {
     fn watch(&mut self, path: &Path, uid: &str) -> bool {
         match self.inotify.watches().add(path, mask()) {
             Ok(wd) => {
-                self.watched.insert(wd, Watched::PodDir(uid.to_string()));
+                self.watched.insert(wd, Watched::PodDir(uid.into()));
                 true
             }
             // Absent is normal (not a hotplug pod, or it went away); a symlink or a file
@@ -201,7 +201,7 @@ impl TreeWatcher {
                         if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
                             root_gone = true;
                         } else if let Some(name) = ev.name.and_then(|n| n.to_str()) {
-                            dirty.insert(name.to_string());
+                            dirty.insert(name.into());
                         }
                     }
                     Some(Watched::PodDir(uid)) => {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::device::DevNum;
 use crate::inventory::{DiskId, Observation, Seq};
-use crate::uevent;
 
 pub fn list_block_devices(sysfs: &Path) -> io::Result<BTreeSet<DevNum>> {
     let dir = sysfs.join("dev/block");
@@ -47,9 +46,9 @@ pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
     let seq = match read(dir.join("partition")) {
         Some(part) => {
             let part = part.parse::<u32>().ok();
-            number(dir.join("../diskseq")).zip(part).map(|(seq, part)| uevent::disk_identity(seq, Some(part)))
+            number(dir.join("../diskseq")).zip(part).map(|(diskseq, p)| DiskId::DiskSeq { diskseq, partition: Some(p) })
         }
-        None => number(dir.join("diskseq")).map(|seq| uevent::disk_identity(seq, None)),
+        None => number(dir.join("diskseq")).map(|diskseq| DiskId::DiskSeq { diskseq, partition: None }),
     };
     if seq.is_some() {
         return seq;
@@ -63,8 +62,8 @@ pub fn identity(sysfs: &Path, dev: DevNum) -> Option<DiskId> {
     let udev = std::fs::read_to_string(format!("/run/udev/data/b{dev}")).ok()?;
     udev.lines().find_map(|l| {
         l.strip_prefix("E:ID_WWN=")
-            .map(|v| format!("wwn:{v}"))
-            .or_else(|| l.strip_prefix("E:ID_SERIAL=").map(|v| format!("serial:{v}")))
+            .map(|v| DiskId::Wwn(v.into()))
+            .or_else(|| l.strip_prefix("E:ID_SERIAL=").map(|v| DiskId::Serial(v.into())))
     })
 }
 

@@ -6,7 +6,7 @@ use nix::errno::Errno;
 use proptest::prelude::*;
 
 use super::*;
-use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, Finished, FullScan, Observation, Seq};
+use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, DiskId, Finished, FullScan, Observation, Seq};
 use crate::layout::Unreadable;
 
 const L1: &str = "launcher-1";
@@ -69,13 +69,13 @@ fn api(launchers: &[(&str, Option<&[&str]>)], attachments: &[(&str, &str, i64)])
             .iter()
             .map(|(l, spec)| {
                 let spec_volumes = spec.map(|v| v.iter().map(|s| s.to_string()).collect());
-                (l.to_string(), ApiLauncher { spec_volumes, finished: None })
+                (PodUid::from(*l), ApiLauncher { spec_volumes, finished: None })
             })
             .collect(),
         attachment_pods: attachments
             .iter()
             .map(|(a, l, created)| {
-                (a.to_string(), ApiAttachment { launcher: l.to_string(), created: *created, trigger: false })
+                (PodUid::from(*a), ApiAttachment { launcher: PodUid::from(*l), created: *created, trigger: false })
             })
             .collect(),
     }
@@ -98,7 +98,7 @@ fn block_volume_goes_pending_then_ready() {
     let w = World::default().launcher(L1, &[]).attachment(A1, &[("disk1", d(1))]).devices(&[d(1)]);
     let v = w.judge();
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Pending);
-    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([PodUid::from(A1)]));
     assert_eq!(v.volumes[&key(L1, "disk1")].device, None);
 
     let w = w.launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))]);
@@ -307,7 +307,7 @@ fn change() -> impl Strategy<Value = Change> {
 
 /// What kind of observation a change makes its source send.
 enum Touched {
-    Pod(String),
+    Pod(PodUid),
     Device(DevNum),
     Mounts,
 }
@@ -457,18 +457,28 @@ fn a_reused_device_number_is_replaced_never_ready() {
     let mut inv = Inventory::default();
     let mut scan = w.scan(1);
     scan.devices.insert(d(1));
-    scan.identities.insert(d(1), "diskseq:10".into());
+    scan.identities.insert(d(1), DiskId::DiskSeq { diskseq: 10, partition: None });
     inv.apply(Observation::FullScan(scan));
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
     inv.learn_disks([(L1, "disk1", d(1))]);
 
     // Same disk seen again: still ready.
-    inv.apply(Observation::Device { seq: 2, device: d(1), present: true, identity: Some("diskseq:10".into()) });
+    inv.apply(Observation::Device {
+        seq: 2,
+        device: d(1),
+        present: true,
+        identity: Some(DiskId::DiskSeq { diskseq: 10, partition: None }),
+    });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
     // Torn down and another disk created under the same number.
     inv.apply(Observation::Device { seq: 3, device: d(1), present: false, identity: None });
     assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Vanished);
-    inv.apply(Observation::Device { seq: 4, device: d(1), present: true, identity: Some("diskseq:11".into()) });
+    inv.apply(Observation::Device {
+        seq: 4,
+        device: d(1),
+        present: true,
+        identity: Some(DiskId::DiskSeq { diskseq: 11, partition: None }),
+    });
     let v = judge(&inv);
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
     assert!(v.volumes[&key(L1, "disk1")].is_alarm() && !VolumeState::Replaced.device_present());
@@ -538,12 +548,12 @@ fn only_pods_a_newer_one_replaces_are_superseded() {
     let v = judge(&inv);
     assert!(superseded(&v, "old") && !superseded(&v, "current"));
     assert!(!safe(&v, "old") && !safe(&v, "current"));
-    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["old".to_string()]));
+    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from([PodUid::from("old")]));
     // Created in the same second: which one KubeVirt keeps is not known, so both may go.
     inv.apply(Observation::Cluster(api(&[(L1, None)], &[("old", L1, 100), ("current", L1, 100)])));
     let v = judge(&inv);
     assert!(superseded(&v, "old") && superseded(&v, "current"));
-    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from(["current".to_string(), "old".to_string()]));
+    assert_eq!(crate::notice::unsafe_handoffs(&v), BTreeSet::from([PodUid::from("current"), PodUid::from("old")]));
     // A lone pod is never superseded.
     let lone = World::default()
         .launcher(L1, &[("disk1", LauncherEntry::Block(d(1)))])
@@ -581,15 +591,15 @@ fn an_intruder_directory_never_vouches_in_cluster_mode() {
     // Cluster mode: the API does not confirm the intruder's UID; it decides nothing.
     let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]));
     assert_eq!(handoff_of(&v, A1), HandoffReason::SoleBacker);
-    assert_eq!(v.unconfirmed, BTreeSet::from(["intruder".to_string()]));
+    assert_eq!(v.unconfirmed, BTreeSet::from([PodUid::from("intruder")]));
     assert!(!v.attachment_pods.contains_key("intruder"));
-    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([PodUid::from(A1)]));
     // Confirmed as another VM's attachment pod (its own launcher, even a newer pod): it
     // still backs nothing of this VM.
     let w = w.launcher(L2, &[]);
     let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"])), (L2, None)], &[(A1, L1, 100), ("intruder", L2, 200)]));
     assert_eq!(handoff_of(&v, A1), HandoffReason::SoleBacker);
-    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([A1.to_string()]));
+    assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([PodUid::from(A1)]));
     // A launcher directory the API does not confirm claims no volume either.
     let w = victim().launcher("fake-launcher", &[("x", LauncherEntry::Block(d(1)))]);
     let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]));
