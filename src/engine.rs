@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::events::VmiEvent;
-use crate::cluster::view::{ClusterView, VmiRef};
 use crate::device::DevNum;
 use crate::feed::Feed;
 use crate::inventory::{Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
 use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel, VolumeLabels};
+use crate::model::{ClusterView, VmiRef};
 use crate::notice::{notices, Notice};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};

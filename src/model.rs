@@ -241,6 +241,20 @@ pub struct VmiRef {
     pub uid: String,
 }
 
+/// What the API server says about this node's hotplug objects (cluster mode), as the
+/// engine receives it (built by `cluster::view`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Names for every launcher and attachment pod on the node, by UID.
+    pub names: BTreeMap<PodUid, PodNames>,
+    /// Which pods play which role, as the API confirms it: what the engine judges with.
+    pub facts: ClusterFacts,
+    /// The attachment pods whose conditions the agent keeps (those in `facts`), UID -> name.
+    pub attachment_pods: BTreeMap<PodUid, String>,
+    /// Launcher pod -> its VMI.
+    pub vmis: BTreeMap<PodUid, VmiRef>,
+}
+
 // ------------------------------------------------------------------ what is decided
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -26,12 +26,13 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::model::ClusterView;
 use crate::verdict::Verdicts;
 use status::{ConditionWriter, VmiStatusWriter};
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
-use view::{ClusterView, ATTACHMENT_ROLE, LABEL_KUBEVIRT, LABEL_NODE_NAME, LAUNCHER_ROLE};
+use view::{ATTACHMENT_ROLE, LABEL_KUBEVIRT, LABEL_NODE_NAME, LAUNCHER_ROLE};
 
 pub fn vmi_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -14,10 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 
-use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, Finished};
-use crate::layout::PodUid;
-use crate::model::PodNames;
-pub use crate::model::VmiRef;
+use crate::model::{ApiAttachment, ApiLauncher, Finished, PodNames};
+pub use crate::model::{ClusterView, VmiRef};
 
 pub const LABEL_KUBEVIRT: &str = "kubevirt.io";
 pub const LAUNCHER_ROLE: &str = "virt-launcher";
@@ -28,18 +26,6 @@ pub const LABEL_NODE_NAME: &str = "kubevirt.io/nodeName";
 /// in `kubevirt.io/api/core/v1/types.go`): they share the attachment pods' prefix, label and
 /// owner, but only get a PVC bound.
 pub const ANNOTATION_EPHEMERAL_PROVISIONING: &str = "kubevirt.io/ephemeral-provisioning";
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterView {
-    /// Names for every launcher and attachment pod on the node, by UID.
-    pub names: BTreeMap<PodUid, PodNames>,
-    /// Which pods play which role, as the API confirms it: what the engine judges with.
-    pub facts: ClusterFacts,
-    /// The attachment pods whose conditions the agent keeps (those in `facts`), UID -> name.
-    pub attachment_pods: BTreeMap<PodUid, String>,
-    /// Launcher pod -> its VMI.
-    pub vmis: BTreeMap<PodUid, VmiRef>,
-}
 
 fn role(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(LABEL_KUBEVIRT).map(String::as_str)

@@ -118,7 +118,7 @@ pub enum Message {
     /// The kernel log overwrote this many records before they were read.
     KmsgLost(u64),
     /// What the API server says about this node's objects (cluster mode).
-    Cluster(Box<crate::cluster::view::ClusterView>),
+    Cluster(Box<crate::model::ClusterView>),
 }
 
 pub type Sender = std::sync::mpsc::Sender<Message>;
