@@ -18,7 +18,7 @@ use crate::model::{ClusterView, VmiRef};
 use crate::notice::{notices, Notice};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
-use crate::verdict::{judge, transitions, Transitions, Verdicts, VolumeKey, VolumeState};
+use crate::verdict::{rejudge, Transitions, Verdicts, VolumeKey, VolumeState};
 
 pub struct Engine {
     paths: NodePaths,
@@ -277,15 +277,11 @@ impl Engine {
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
         self.prune_gone();
-        let new = Arc::new(judge(&self.inventory));
-        // Learn which disk each volume's node reaches (ready, or unbacked: the VM uses it
-        // all the same), to tell when its number gets reused.
-        let in_use = new.volumes.iter().filter(|(_, v)| v.state.device_present());
-        self.inventory
-            .learn_disks(in_use.filter_map(|(k, v)| Some((k.launcher.as_str(), k.volume.as_str(), v.device?))));
-        if new == self.verdicts {
+        let touched = self.inventory.take_changes();
+        let Some((new, changes)) = rejudge(&self.verdicts, &self.inventory, &touched) else {
             return;
-        }
+        };
+        let new = Arc::new(new);
         if new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES && !self.said_too_many_volumes {
             tracing::warn!(
                 volumes = new.volumes.len(),
@@ -294,9 +290,6 @@ impl Engine {
             );
         }
         self.said_too_many_volumes = new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES;
-        let changes = transitions(&self.verdicts, &new);
-        let gone = changes.volumes.iter().filter(|t| t.to.is_none());
-        self.inventory.forget_disks(gone.map(|t| (t.key.launcher.as_str(), t.key.volume.as_str())));
         // One copy of the verdicts, shared by readers and the cluster side.
         self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
         if let Some(status) = &self.status {

@@ -53,26 +53,52 @@ pub struct PodFact {
     pub unreadable: Option<Unreadable>,
 }
 
+/// What changed in the inventory since [`Inventory::take_changes`]: what judging must look
+/// at again. Only real changes are recorded (a read that finds what the last one found
+/// changes nothing), so a steady node costs nothing to re-judge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Something that every verdict rests on changed (the first full scan, the mount-table
+    /// check, roles coming from the API at last): judge everything.
+    pub everything: bool,
+    /// Pods whose directory read or whose mounts changed.
+    pub pods: BTreeSet<PodUid>,
+    /// Devices whose presence or identity changed.
+    pub devices: BTreeSet<DevNum>,
+    /// Pods whose record in the API changed (role, owner, spec, age, ...), and the
+    /// launchers an attachment pod left or joined.
+    pub api_pods: BTreeSet<PodUid>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.pods.is_empty() && self.devices.is_empty() && self.api_pods.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Latest read of each pod; `disks: None` records that a pod has no hotplug directory
     /// so that an older read cannot bring it back. Cleared of such entries at each full scan.
     pods: BTreeMap<PodUid, (Seq, PodFact)>,
     devices: BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>,
-    /// The disk each volume's node reached when first seen present: learned, so lost on restart
-    /// (then learned again), and the one fact here that no read can rebuild.
-    /// By launcher pod, then volume: looked up for every volume on every batch, without
-    /// building a key.
-    remembered: BTreeMap<PodUid, BTreeMap<String, (DevNum, DiskId)>>,
     mounts: (Seq, BTreeMap<MountSite, DevNum>),
+    /// Which pods' nodes and mounts point at each device: whom a device's change concerns.
+    /// Derived from `pods` and `mounts`, kept in step with them.
+    users: BTreeMap<DevNum, BTreeSet<PodUid>>,
+    /// The same, by pod: what to take out of `users` when a pod's reads change.
+    uses: BTreeMap<PodUid, BTreeSet<DevNum>>,
     /// `None`: standalone mode, or cluster mode before the watches first synced: roles
     /// are inferred from directories (a diagnostic, never a source of safety).
     cluster: Option<ClusterFacts>,
     /// The mount table does not show the kubelet root the agent reads (checked with every
     /// full scan): filesystem volumes cannot be seen, and no handoff is judged safe.
     mount_view_mismatch: bool,
+    /// Launcher -> the attachment pods the API says it owns: derived from `cluster`.
+    owned: BTreeMap<PodUid, BTreeSet<PodUid>>,
     /// `Seq` of the latest full scan applied; 0 before the first.
     watermark: Seq,
+    changes: Changes,
 }
 
 impl Inventory {
@@ -81,23 +107,28 @@ impl Inventory {
             Observation::Pod { seq, uid, disks, unreadable } => {
                 if seq >= self.watermark {
                     let fact = self.pod_fact(&uid, disks, unreadable);
-                    lww(&mut self.pods, uid, seq, fact);
+                    self.set_pod(uid, seq, fact);
                 }
             }
             Observation::Device { seq, device, present, identity } => {
                 if seq >= self.watermark {
-                    lww(&mut self.devices, device, seq, (present, identity));
+                    self.set_device(device, seq, (present, identity));
                 }
             }
             Observation::Mounts { seq, mounts } => {
                 if seq >= self.watermark && seq >= self.mounts.0 {
-                    self.mounts = (seq, mounts);
+                    self.set_mounts(seq, mounts);
                 }
             }
             Observation::FullScan(scan) => self.apply_full_scan(scan),
             // The watches deliver whole, consistent stores: nothing to order.
-            Observation::Cluster(facts) => self.cluster = Some(facts),
+            Observation::Cluster(facts) => self.set_cluster(facts),
         }
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
     }
 
     /// What a read of `uid` establishes: on an error, the last complete read stands (if
@@ -112,10 +143,71 @@ impl Inventory {
         }
     }
 
+    /// Last writer wins: a read older than the one on record changes nothing.
+    fn set_pod(&mut self, uid: PodUid, seq: Seq, fact: PodFact) {
+        let old = match self.pods.get(&uid) {
+            Some((s, _)) if *s > seq => return,
+            Some((_, f)) => Some(f.clone()),
+            None => None,
+        };
+        let changed = old.as_ref() != Some(&fact);
+        self.pods.insert(uid.clone(), (seq, fact));
+        if changed {
+            self.reindex(&uid);
+            self.changes.pods.insert(uid);
+        }
+    }
+
+    fn set_device(&mut self, device: DevNum, seq: Seq, value: (bool, Option<DiskId>)) {
+        match self.devices.get(&device) {
+            Some((s, _)) if *s > seq => return,
+            Some((_, v)) if *v == value => {}
+            _ => {
+                self.changes.devices.insert(device);
+            }
+        }
+        self.devices.insert(device, (seq, value));
+    }
+
+    fn set_mounts(&mut self, seq: Seq, mounts: BTreeMap<MountSite, DevNum>) {
+        let old = std::mem::replace(&mut self.mounts, (seq, mounts)).1;
+        let pods: BTreeSet<PodUid> = merge_diff(&old, &self.mounts.1).into_iter().map(|s| s.pod().clone()).collect();
+        for pod in pods {
+            self.reindex(&pod);
+            self.changes.pods.insert(pod);
+        }
+    }
+
+    fn set_cluster(&mut self, facts: ClusterFacts) {
+        match &self.cluster {
+            None => self.changes.everything = true,
+            Some(old) => {
+                for uid in merge_diff(&old.launchers, &facts.launchers) {
+                    self.changes.api_pods.insert(uid.clone());
+                }
+                for uid in merge_diff(&old.attachment_pods, &facts.attachment_pods) {
+                    self.changes.api_pods.insert(uid.clone());
+                    // Both the launcher it left and the one it joins are judged again.
+                    for a in [old.attachment_pods.get(uid), facts.attachment_pods.get(uid)].into_iter().flatten() {
+                        self.changes.api_pods.insert(a.launcher.clone());
+                    }
+                }
+            }
+        }
+        self.owned.clear();
+        for (uid, a) in &facts.attachment_pods {
+            self.owned.entry(a.launcher.clone()).or_default().insert(uid.clone());
+        }
+        self.cluster = Some(facts);
+    }
+
     fn apply_full_scan(&mut self, scan: FullScan) {
         let w = scan.seq;
         if w < self.watermark {
             return;
+        }
+        if self.watermark == 0 {
+            self.changes.everything = true;
         }
         self.watermark = w;
         // Facts read after the scan started stay; everything else is what the scan saw.
@@ -127,45 +219,115 @@ impl Inventory {
                 (uid, fact)
             })
             .collect();
-        self.pods.retain(|_, (seq, _)| *seq > w);
+        let old_pods = std::mem::take(&mut self.pods);
+        self.pods = old_pods.iter().filter(|(_, (seq, _))| *seq > w).map(|(k, v)| (k.clone(), v.clone())).collect();
         for (uid, disks) in scan.pods {
             lww(&mut self.pods, uid, w, PodFact { disks: Some(disks), unreadable: None });
         }
         for (uid, fact) in unreadable {
             lww(&mut self.pods, uid, w, fact);
         }
-        self.devices.retain(|_, (seq, _)| *seq > w);
+        let facts = |m: &BTreeMap<PodUid, (Seq, PodFact)>| -> BTreeMap<PodUid, PodFact> {
+            m.iter().map(|(k, (_, f))| (k.clone(), f.clone())).collect()
+        };
+        let (before, after) = (facts(&old_pods), facts(&self.pods));
+        for uid in merge_diff(&before, &after) {
+            self.changes.pods.insert(uid.clone());
+        }
+
+        let old_devices = std::mem::take(&mut self.devices);
+        self.devices = old_devices.iter().filter(|(_, (seq, _))| *seq > w).map(|(k, v)| (*k, v.clone())).collect();
         for dev in scan.devices {
             let identity = scan.identities.get(&dev).cloned();
             lww(&mut self.devices, dev, w, (true, identity));
         }
-        if self.mounts.0 <= w {
-            self.mounts = (w, scan.mounts);
+        let values = |m: &BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>| -> BTreeMap<DevNum, (bool, Option<DiskId>)> {
+            m.iter().map(|(k, (_, v))| (*k, v.clone())).collect()
+        };
+        let (before, after) = (values(&old_devices), values(&self.devices));
+        for dev in merge_diff(&before, &after) {
+            self.changes.devices.insert(*dev);
         }
+
+        if self.mounts.0 <= w {
+            let old = std::mem::replace(&mut self.mounts, (w, scan.mounts)).1;
+            for site in merge_diff(&old, &self.mounts.1) {
+                self.changes.pods.insert(site.pod().clone());
+            }
+        }
+        self.rebuild_users();
+    }
+
+    fn rebuild_users(&mut self) {
+        self.users.clear();
+        self.uses.clear();
+        let pods: BTreeSet<PodUid> =
+            self.pods.keys().cloned().chain(self.mounts.1.keys().map(|s| s.pod().clone())).collect();
+        for pod in pods {
+            self.reindex(&pod);
+        }
+    }
+
+    /// Brings `users` in line with what `pod`'s nodes and mounts point at now.
+    fn reindex(&mut self, pod: &PodUid) {
+        let from_dir = self.pods.get(pod).and_then(|(_, f)| f.disks.as_ref()).map(|d| d.devices()).unwrap_or_default();
+        let now: BTreeSet<DevNum> = from_dir.into_iter().chain(self.pod_mount_devices(pod)).collect();
+        let before = self.uses.remove(pod).unwrap_or_default();
+        for d in before.difference(&now) {
+            if let Some(users) = self.users.get_mut(d) {
+                users.remove(pod);
+                if users.is_empty() {
+                    self.users.remove(d);
+                }
+            }
+        }
+        for d in now.difference(&before) {
+            self.users.entry(*d).or_default().insert(pod.clone());
+        }
+        if !now.is_empty() {
+            self.uses.insert(pod.clone(), now);
+        }
+    }
+
+    /// Every device mounted at a site of `pod` (its image mounts and its own volumes).
+    fn pod_mount_devices(&self, pod: &PodUid) -> Vec<DevNum> {
+        let from = MountSite::LauncherImage { pod: pod.clone(), volume: String::new() };
+        let images = self.mounts.1.range(from..).map_while(|(site, d)| match site {
+            MountSite::LauncherImage { pod: p, .. } if p == pod => Some(*d),
+            _ => None,
+        });
+        images.chain(self.pod_mounts(pod).map(|(_, d)| d)).collect()
+    }
+
+    /// The pods whose nodes or mounts point at `dev`.
+    pub fn users_of(&self, dev: DevNum) -> impl Iterator<Item = &PodUid> {
+        self.users.get(&dev).into_iter().flatten()
     }
 
     pub fn has_full_scan(&self) -> bool {
         self.watermark > 0
     }
 
-    /// Pods with a hotplug-disks directory, as last read (an unreadable pod keeps its
-    /// last complete read).
-    pub fn pods(&self) -> impl Iterator<Item = (&PodUid, &PodDisks)> {
-        self.pods.iter().filter_map(|(uid, (_, f))| f.disks.as_ref().map(|d| (uid, d)))
-    }
-
     /// Every pod the agent has a fact about: read, or failed to read.
     pub fn pod_facts(&self) -> impl Iterator<Item = (&PodUid, &PodFact)> {
-        self.pods.iter().map(|(uid, (_, f))| (uid, f)).filter(|(_, f)| f.disks.is_some() || f.unreadable.is_some())
+        self.pods.iter().map(|(uid, (_, f))| (uid, f)).filter(|(_, f)| f.has_something())
+    }
+
+    /// The fact about one pod, if there is something to judge.
+    pub fn pod_fact_of(&self, uid: &str) -> Option<&PodFact> {
+        self.pods.get(uid).map(|(_, f)| f).filter(|f| f.has_something())
     }
 
     /// The pod has no hotplug-disks directory on the node, as far as a full scan and
     /// every read since can tell: nothing of it can be in use.
     pub fn pod_gone(&self, uid: &str) -> bool {
-        self.has_full_scan() && self.pods.get(uid).is_none_or(|(_, f)| f.disks.is_none() && f.unreadable.is_none())
+        self.has_full_scan() && self.pod_fact_of(uid).is_none()
     }
 
     pub fn set_mount_view_mismatch(&mut self, mismatch: bool) {
+        if mismatch != self.mount_view_mismatch {
+            self.changes.everything = true;
+        }
         self.mount_view_mismatch = mismatch;
     }
 
@@ -189,37 +351,30 @@ impl Inventory {
         self.devices.get(&dev).filter(|(_, (present, _))| *present).and_then(|(_, (_, id))| id.as_ref())
     }
 
-    /// The disk a volume had when first seen ready, if it still uses that device number.
-    pub fn remembered(&self, launcher: &str, volume: &str, dev: DevNum) -> Option<&DiskId> {
-        self.remembered.get(launcher)?.get(volume).filter(|(d, _)| *d == dev).map(|(_, id)| id)
-    }
-
-    /// Learns, for each volume whose device the VM uses now (launcher, volume, device),
-    /// which disk it has, unless it is known already for that device number.
-    pub fn learn_disks<'a>(&mut self, in_use: impl IntoIterator<Item = (&'a str, &'a str, DevNum)>) {
-        for (launcher, volume, dev) in in_use {
-            if self.remembered(launcher, volume, dev).is_some() {
-                continue;
-            }
-            let Some(id) = self.identity(dev).cloned() else { continue };
-            self.remembered.entry(launcher.into()).or_default().insert(volume.to_string(), (dev, id));
-        }
-    }
-
-    /// Forgets the disks of volumes that are gone.
-    pub fn forget_disks<'a>(&mut self, gone: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        for (launcher, volume) in gone {
-            if let Some(volumes) = self.remembered.get_mut(launcher) {
-                volumes.remove(volume);
-                if volumes.is_empty() {
-                    self.remembered.remove(launcher);
-                }
-            }
-        }
-    }
-
     pub fn mounts(&self) -> &BTreeMap<MountSite, DevNum> {
         &self.mounts.1
+    }
+
+    /// What is mounted on a launcher's `<volume>.img`.
+    pub fn image_mount(&self, launcher: &PodUid, volume: &str) -> Option<DevNum> {
+        let site = MountSite::LauncherImage { pod: launcher.clone(), volume: volume.to_string() };
+        self.mounts.1.get(&site).copied()
+    }
+
+    /// A pod's own volume mounts (an attachment pod's PVC), by path under its volumes
+    /// directory: a range of the ordered table, not a walk of all of it.
+    pub fn pod_mounts<'a>(&'a self, pod: &PodUid) -> impl Iterator<Item = (&'a String, DevNum)> + 'a {
+        let from = MountSite::PodVolume { pod: pod.clone(), path: String::new() };
+        let pod = pod.clone();
+        self.mounts.1.range(from..).map_while(move |(site, d)| match site {
+            MountSite::PodVolume { pod: p, path } if *p == pod => Some((path, *d)),
+            _ => None,
+        })
+    }
+
+    /// The attachment pods the API says `launcher` owns (cluster mode).
+    pub fn attachments_of<'a>(&'a self, launcher: &PodUid) -> impl Iterator<Item = &'a PodUid> + 'a {
+        self.owned.get(launcher).into_iter().flatten()
     }
 
     /// The launcher pod an attachment pod works for, as the API says (cluster mode).
@@ -245,11 +400,55 @@ impl Inventory {
     }
 }
 
+impl PodFact {
+    /// Read (in part or whole), or failed to read: something to judge.
+    fn has_something(&self) -> bool {
+        self.disks.is_some() || self.unreadable.is_some()
+    }
+}
+
 fn lww<K: Ord, V>(map: &mut BTreeMap<K, (Seq, V)>, key: K, seq: Seq, value: V) {
     match map.get(&key) {
         Some((old, _)) if *old > seq => {}
         _ => {
             map.insert(key, (seq, value));
+        }
+    }
+}
+
+/// The keys whose values differ between two maps (present in one only, or unequal): one
+/// ordered walk of both.
+fn merge_diff<'a, K: Ord, V: PartialEq>(a: &'a BTreeMap<K, V>, b: &'a BTreeMap<K, V>) -> Vec<&'a K> {
+    let mut out = Vec::new();
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (x.peek(), y.peek()) {
+            (None, None) => return out,
+            (Some((k, _)), None) => {
+                out.push(*k);
+                x.next();
+            }
+            (None, Some((k, _))) => {
+                out.push(*k);
+                y.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push(*ka);
+                    x.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(*kb);
+                    y.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.push(*ka);
+                    }
+                    x.next();
+                    y.next();
+                }
+            },
         }
     }
 }

@@ -177,6 +177,15 @@ pub enum MountSite {
     PodVolume { pod: PodUid, path: String },
 }
 
+impl MountSite {
+    /// The pod whose directory the mount point is in.
+    pub fn pod(&self) -> &PodUid {
+        match self {
+            MountSite::LauncherImage { pod, .. } | MountSite::PodVolume { pod, .. } => pod,
+        }
+    }
+}
+
 // ------------------------------------------------------------------ what the API says
 
 /// The API server's part of the picture (cluster mode): which pod directories belong to

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::layout::PodUid;
-use crate::verdict::{HandoffReason, Transitions, Verdicts, VolumeState};
+use crate::verdict::{AttachmentVerdict, HandoffReason, Transitions, Verdicts, VolumeState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -60,11 +60,11 @@ pub struct Notice {
 /// them (a swap is under way) but each is the only one serving a device the VM uses. A lone
 /// pod serving its volumes is normal.
 pub fn unsafe_handoffs(v: &Verdicts) -> BTreeSet<PodUid> {
-    v.attachment_pods
-        .iter()
-        .filter(|(_, a)| a.superseded && a.handoff == HandoffReason::SoleBacker)
-        .map(|(pod, _)| pod.clone())
-        .collect()
+    v.attachment_pods.iter().filter(|(_, a)| handoff_unsafe(a)).map(|(pod, _)| pod.clone()).collect()
+}
+
+fn handoff_unsafe(a: &AttachmentVerdict) -> bool {
+    a.superseded && a.handoff == HandoffReason::SoleBacker
 }
 
 /// `pod_name` says a pod the way a person knows it (its name in cluster mode, else its UID).
@@ -103,13 +103,14 @@ pub fn notices(
         };
         out.push(Notice { kind, launcher: k.launcher.clone(), message });
     }
-    let before = unsafe_handoffs(old);
-    for pod in unsafe_handoffs(new).difference(&before) {
+    // Only pods whose verdict changed can have become unsafe.
+    let is_unsafe = |v: &Verdicts, pod: &PodUid| v.attachment_pods.get(pod).is_some_and(handoff_unsafe);
+    for pod in changes.attachment_pods.iter().filter(|p| is_unsafe(new, p) && !is_unsafe(old, p)) {
         let a = &new.attachment_pods[pod];
         let orphans = a.orphans(new);
         out.push(Notice {
             kind: NoticeKind::HandoffUnsafe,
-            launcher: a.launcher.clone().expect("unsafe_handoffs only returns pods with a launcher"),
+            launcher: a.launcher.clone().expect("an unsafe handoff has a launcher"),
             message: format!(
                 "attachment pod {name} is the only one serving {}; a newer attachment pod does not serve the same device, so deleting {name} now would tear the disk down",
                 orphans.join(", "),

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, DiskId, Finished, FullScan, Observation, Seq};
 use crate::layout::Unreadable;
+use crate::model::MountSite;
 
 const L1: &str = "launcher-1";
 const L2: &str = "launcher-2";
@@ -23,6 +24,7 @@ fn d(minor: u32) -> DevNum {
 struct World {
     pods: BTreeMap<PodUid, PodDisks>,
     devices: BTreeSet<DevNum>,
+    identities: BTreeMap<DevNum, DiskId>,
     mounts: BTreeMap<MountSite, DevNum>,
 }
 
@@ -50,6 +52,7 @@ impl World {
             seq,
             pods: self.pods.clone(),
             devices: self.devices.clone(),
+            identities: self.identities.clone(),
             mounts: self.mounts.clone(),
             ..Default::default()
         }
@@ -285,6 +288,8 @@ enum Change {
     Unmount(usize, usize),
     DeviceAdd(u32),
     DeviceRemove(u32),
+    /// The device is present and its disk has this diskseq (a new disk under the number).
+    DeviceDisk(u32, u64),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -301,7 +306,8 @@ fn change() -> impl Strategy<Value = Change> {
         (a, dv.clone()).prop_map(|(a, d)| Change::AttachmentMount(a, d)),
         (l, v).prop_map(|(l, v)| Change::Unmount(l, v)),
         dv.clone().prop_map(Change::DeviceAdd),
-        dv.prop_map(Change::DeviceRemove),
+        dv.clone().prop_map(Change::DeviceRemove),
+        (dv, 10u64..13).prop_map(|(d, s)| Change::DeviceDisk(d, s)),
     ]
 }
 
@@ -368,6 +374,12 @@ impl World {
             }
             Change::DeviceRemove(dv) => {
                 self.devices.remove(&d(*dv));
+                self.identities.remove(&d(*dv));
+                Touched::Device(d(*dv))
+            }
+            Change::DeviceDisk(dv, diskseq) => {
+                self.devices.insert(d(*dv));
+                self.identities.insert(d(*dv), DiskId::DiskSeq { diskseq: *diskseq, partition: None });
                 Touched::Device(d(*dv))
             }
         }
@@ -377,9 +389,12 @@ impl World {
     fn observe(&self, touched: Touched, seq: Seq) -> Observation {
         match touched {
             Touched::Pod(uid) => Observation::Pod { seq, disks: self.pods.get(&uid).cloned(), uid, unreadable: None },
-            Touched::Device(dev) => {
-                Observation::Device { seq, device: dev, present: self.devices.contains(&dev), identity: None }
-            }
+            Touched::Device(dev) => Observation::Device {
+                seq,
+                device: dev,
+                present: self.devices.contains(&dev),
+                identity: self.identities.get(&dev).cloned(),
+            },
             Touched::Mounts => Observation::Mounts { seq, mounts: self.mounts.clone() },
         }
     }
@@ -459,35 +474,35 @@ fn a_reused_device_number_is_replaced_never_ready() {
     scan.devices.insert(d(1));
     scan.identities.insert(d(1), DiskId::DiskSeq { diskseq: 10, partition: None });
     inv.apply(Observation::FullScan(scan));
-    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
-    inv.learn_disks([(L1, "disk1", d(1))]);
+    // Each judgment hands what it learned (the disk) to the next.
+    let v = judge(&inv);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
+    let seq10 = DiskId::DiskSeq { diskseq: 10, partition: None };
+    assert_eq!(v.volumes[&key(L1, "disk1")].disk, Some((d(1), seq10.clone())));
 
     // Same disk seen again: still ready.
-    inv.apply(Observation::Device {
-        seq: 2,
-        device: d(1),
-        present: true,
-        identity: Some(DiskId::DiskSeq { diskseq: 10, partition: None }),
-    });
-    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
+    inv.apply(Observation::Device { seq: 2, device: d(1), present: true, identity: Some(seq10.clone()) });
+    let v = judge_all(&inv, &v);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Ready);
     // Torn down and another disk created under the same number.
     inv.apply(Observation::Device { seq: 3, device: d(1), present: false, identity: None });
-    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Vanished);
+    let v = judge_all(&inv, &v);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Vanished);
     inv.apply(Observation::Device {
         seq: 4,
         device: d(1),
         present: true,
         identity: Some(DiskId::DiskSeq { diskseq: 11, partition: None }),
     });
-    let v = judge(&inv);
+    let v = judge_all(&inv, &v);
     assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
     assert!(v.volumes[&key(L1, "disk1")].is_alarm() && !VolumeState::Replaced.device_present());
-    // Learning again does not overwrite what the volume had.
-    inv.learn_disks([(L1, "disk1", d(1))]);
-    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Replaced);
+    // Judging again does not learn the new disk over what the volume had.
+    let v = judge_all(&inv, &v);
+    assert_eq!(state(&v, L1, "disk1"), VolumeState::Replaced);
+    assert_eq!(v.volumes[&key(L1, "disk1")].disk, Some((d(1), seq10)));
     // A volume that is gone is forgotten: hotplugged again, it starts afresh.
-    inv.forget_disks([(L1, "disk1")]);
-    assert_eq!(state(&judge(&inv), L1, "disk1"), VolumeState::Ready);
+    assert_eq!(state(&judge_all(&inv, &Verdicts::default()), L1, "disk1"), VolumeState::Ready);
 }
 
 #[test]
@@ -591,7 +606,7 @@ fn an_intruder_directory_never_vouches_in_cluster_mode() {
     // Cluster mode: the API does not confirm the intruder's UID; it decides nothing.
     let v = cluster_judge(&w, api(&[(L1, Some(&["disk1"]))], &[(A1, L1, 100)]));
     assert_eq!(handoff_of(&v, A1), HandoffReason::SoleBacker);
-    assert_eq!(v.unconfirmed, BTreeSet::from([PodUid::from("intruder")]));
+    assert_eq!(v.unconfirmed.iter().cloned().collect::<BTreeSet<_>>(), BTreeSet::from([PodUid::from("intruder")]));
     assert!(!v.attachment_pods.contains_key("intruder"));
     assert_eq!(v.volumes[&key(L1, "disk1")].backing_pods, BTreeSet::from([PodUid::from(A1)]));
     // Confirmed as another VM's attachment pod (its own launcher, even a newer pod): it
@@ -754,4 +769,100 @@ fn a_volume_being_unplugged_makes_no_pod_a_sole_backer() {
     assert_eq!(handoff_of(&v, "old"), HandoffReason::DevicesServedElsewhere);
     assert!(v.attachment_pods["old"].sole_backer_of.is_empty());
     assert!(crate::notice::unsafe_handoffs(&v).is_empty(), "no HotplugHandoffUnsafe on a partial unplug");
+}
+
+// ---- property: incremental judging equals judging from scratch ----
+
+/// What the API says about the property test's pods: each launcher confirmed or not (with
+/// a spec of some volumes, maybe finished), each attachment pod owned by some launcher.
+fn api_facts() -> impl Strategy<Value = ClusterFacts> {
+    let launcher = proptest::option::of((proptest::collection::btree_set(0..VOLUMES.len(), 0..3), 0u8..3));
+    let attachment = proptest::option::of((0..LAUNCHERS.len() + 1, 0i64..3, proptest::bool::weighted(0.1)));
+    (proptest::collection::vec(launcher, LAUNCHERS.len()), proptest::collection::vec(attachment, ATTACHMENTS.len()))
+        .prop_map(|(ls, atts)| {
+            let mut facts = ClusterFacts::default();
+            for (i, l) in ls.into_iter().enumerate() {
+                let Some((spec, finished)) = l else { continue };
+                let finished = [None, Some(Finished::VmiFinal), Some(Finished::LauncherDone)][usize::from(finished)];
+                let spec_volumes = Some(spec.into_iter().map(|v| VOLUMES[v].to_string()).collect());
+                facts.launchers.insert(LAUNCHERS[i].into(), ApiLauncher { spec_volumes, finished });
+            }
+            for (i, a) in atts.into_iter().enumerate() {
+                let Some((owner, created, trigger)) = a else { continue };
+                // One owner past the launchers: a launcher the API does not list.
+                let launcher = LAUNCHERS.get(owner).copied().unwrap_or("launcher-unlisted").into();
+                facts.attachment_pods.insert(ATTACHMENTS[i].into(), ApiAttachment { launcher, created, trigger });
+            }
+            facts
+        })
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Node(Change),
+    Api(ClusterFacts),
+    Rescan,
+    MountView(bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => change().prop_map(Step::Node),
+        2 => api_facts().prop_map(Step::Api),
+        1 => Just(Step::Rescan),
+        1 => any::<bool>().prop_map(Step::MountView),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// After every batch, the verdicts judged incrementally (only what the batch touched)
+    /// equal the verdicts judged from scratch with the same history, and so do the
+    /// transitions reported; in cluster mode (`api` given) and standalone.
+    #[test]
+    fn incremental_judging_equals_judging_from_scratch(
+        api in proptest::option::of(api_facts()),
+        steps in proptest::collection::vec(proptest::collection::vec(step(), 1..4), 0..25),
+    ) {
+        let mut world = World::default();
+        let mut inv = Inventory::default();
+        let mut seq: Seq = 1;
+        inv.apply(Observation::FullScan(world.scan(seq)));
+        if let Some(facts) = &api {
+            inv.apply(Observation::Cluster(facts.clone()));
+        }
+        let (mut incremental, mut scratch) = (Verdicts::default(), Verdicts::default());
+        for batch in steps.iter().map(Some).chain([None]) {
+            for s in batch.into_iter().flatten() {
+                seq += 1;
+                match s {
+                    Step::Node(c) => {
+                        let touched = world.change(c);
+                        inv.apply(world.observe(touched, seq));
+                    }
+                    // Standalone mode never hears from the API.
+                    Step::Api(facts) if api.is_some() => inv.apply(Observation::Cluster(facts.clone())),
+                    Step::Api(_) => {}
+                    Step::Rescan => inv.apply(Observation::FullScan(world.scan(seq))),
+                    Step::MountView(mismatch) => inv.set_mount_view_mismatch(*mismatch),
+                }
+            }
+            let changes = inv.take_changes();
+            let next = judge_all(&inv, &scratch);
+            // `None` (nothing changed) is held to that by the check below.
+            if let Some((v, t)) = rejudge(&incremental, &inv, &changes) {
+                let mut want = transitions(&incremental, &v);
+                let mut got = t;
+                for t in [&mut want, &mut got] {
+                    t.attachment_pods.sort();
+                    t.handoffs.sort_by(|a, b| a.pod.cmp(&b.pod));
+                }
+                prop_assert_eq!(got, want);
+                incremental = v;
+            }
+            prop_assert_eq!(&incremental, &next);
+            scratch = next;
+        }
+    }
 }
