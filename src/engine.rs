@@ -1,6 +1,7 @@
 //! The engine: one thread that owns the [`Inventory`], applies what the sources send, runs
-//! full rescans, recomputes the verdicts once per batch and publishes what changed
-//! (metrics, logs). It decides nothing itself: `verdict::judge` does.
+//! full rescans, re-judges what each batch touched and publishes the result: one
+//! [`Snapshot`] per batch for every reader, counters, logs, `/watch` lines and notices. It
+//! decides nothing itself: `verdict::rejudge` does. It never reads back what it published.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,22 +14,26 @@ use crate::device::DevNum;
 use crate::feed::Feed;
 use crate::inventory::{Inventory, Observation};
 use crate::layout::{PodUid, SkipReason, Skipped};
-use crate::metrics::{Metrics, ReasonLabel, SharedPublished, SourceLabel, StateLabel, VolumeLabels};
+use crate::metrics::{volume_labels, Metrics, ReasonLabel, SourceLabel, StateLabel, VolumeLabels};
 use crate::model::{ClusterView, VmiRef};
 use crate::notice::{notices, Notice};
+use crate::snapshot::Snapshot;
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
-use crate::verdict::{rejudge, Transitions, Verdicts, VolumeKey, VolumeState};
+use crate::verdict::{rejudge, Transitions, VolumeKey, VolumeState};
 
 pub struct Engine {
     paths: NodePaths,
     clock: Arc<SeqClock>,
     metrics: Arc<Metrics>,
-    published: SharedPublished,
     health: Arc<Health>,
     rescan_interval: Duration,
     inventory: Inventory,
-    verdicts: Arc<Verdicts>,
+    /// What was last published, and where: readers see only whole snapshots.
+    snapshot: Snapshot,
+    snapshots: tokio::sync::watch::Sender<Arc<Snapshot>>,
+    /// Something in `snapshot` changed since it was last sent.
+    unsent: bool,
     /// Entries passed over, by path: replaced per pod on each read, wholly on a rescan,
     /// so that a bad entry is logged once, not at every rescan.
     skipped: BTreeMap<PathBuf, SkipReason>,
@@ -38,9 +43,6 @@ pub struct Engine {
     /// Cluster mode: each launcher pod's VMI, and where Events go.
     vmis: BTreeMap<PodUid, VmiRef>,
     events: Option<crate::cluster::events::EventSender>,
-    /// Cluster mode: the verdicts, for the attachment-pod conditions. A watch channel
-    /// holds only the newest: a slow API server never makes copies pile up.
-    status: Option<tokio::sync::watch::Sender<Arc<Verdicts>>>,
     /// `/watch` readers.
     feed: Feed,
     /// Volumes that are gone, since when, and the labels of their counters: removed from
@@ -56,7 +58,7 @@ impl Engine {
         paths: NodePaths,
         clock: Arc<SeqClock>,
         metrics: Arc<Metrics>,
-        published: SharedPublished,
+        snapshots: tokio::sync::watch::Sender<Arc<Snapshot>>,
         health: Arc<Health>,
         rescan_interval: Duration,
     ) -> Self {
@@ -64,18 +66,18 @@ impl Engine {
             paths,
             clock,
             metrics,
-            published,
             health,
             rescan_interval,
             inventory: Inventory::default(),
-            verdicts: Arc::default(),
+            snapshot: Snapshot::default(),
+            snapshots,
+            unsent: false,
             skipped: BTreeMap::new(),
             skipped_changed: false,
             pending_since: HashMap::new(),
             scan_failure_logged: false,
             vmis: BTreeMap::new(),
             events: None,
-            status: None,
             feed: Feed::default(),
             gone: HashMap::new(),
             gone_series_for: Duration::from_secs(600),
@@ -95,14 +97,9 @@ impl Engine {
         self
     }
 
-    /// Cluster mode: notices also become Events on the VMI, and verdicts pod conditions.
-    pub fn with_cluster_sinks(
-        mut self,
-        events: crate::cluster::events::EventSender,
-        status: tokio::sync::watch::Sender<Arc<Verdicts>>,
-    ) -> Self {
+    /// Cluster mode: notices also become Events on the VMI.
+    pub fn with_events(mut self, events: crate::cluster::events::EventSender) -> Self {
         self.events = Some(events);
-        self.status = Some(status);
         self
     }
 
@@ -158,6 +155,9 @@ impl Engine {
                 next_rescan = Instant::now() + self.rescan_interval;
             }
             self.publish(earliest);
+            if std::mem::take(&mut self.unsent) {
+                self.snapshots.send_replace(Arc::new(self.snapshot.clone()));
+            }
             // Ready only once what the scan found is published.
             if let Some(ok) = scanned {
                 self.health.set_ready(ok);
@@ -169,18 +169,27 @@ impl Engine {
     /// devices are not ours to count.
     fn count_io_error(&mut self, device: DevNum) {
         self.metrics.source_events_total.get_or_create(&SourceLabel { source: SourceKind::Kmsg.metric_label() }).inc();
-        let keys: Vec<VolumeKey> =
-            self.verdicts.volumes.iter().filter(|(_, v)| v.device == Some(device)).map(|(k, _)| k.clone()).collect();
-        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<VolumeKey> = self
+            .snapshot
+            .verdicts
+            .volumes
+            .iter()
+            .filter(|(_, v)| v.device == Some(device))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
-            *published.io_errors.entry(k.clone()).or_default() += 1;
-            self.metrics.io_errors_total.get_or_create(&published.volume_labels(&k)).inc();
+            *self.snapshot.io_errors.entry(k.clone()).or_default() += 1;
+            self.metrics.io_errors_total.get_or_create(&self.labels(&k)).inc();
+            self.unsent = true;
         }
     }
 
     fn apply_cluster(&mut self, view: ClusterView) {
         self.inventory.apply(Observation::Cluster(view.facts));
-        self.published.write().unwrap_or_else(|e| e.into_inner()).names = view.names;
+        if *self.snapshot.names != view.names {
+            self.snapshot.names = Arc::new(view.names);
+            self.unsent = true;
+        }
         self.vmis = view.vmis;
     }
 
@@ -270,18 +279,19 @@ impl Engine {
             let n = counts.get(reason).copied().unwrap_or(0);
             self.metrics.skipped_entries.get_or_create(&ReasonLabel { reason }).set(n);
         }
-        self.published.write().unwrap_or_else(|e| e.into_inner()).skipped =
-            self.skipped.iter().map(|(path, reason)| Skipped { path: path.clone(), reason: *reason }).collect();
+        self.snapshot.skipped = Arc::new(
+            self.skipped.iter().map(|(path, reason)| Skipped { path: path.clone(), reason: *reason }).collect(),
+        );
+        self.unsent = true;
     }
 
     fn publish(&mut self, earliest: Instant) {
         self.publish_skipped();
         self.prune_gone();
         let touched = self.inventory.take_changes();
-        let Some((new, changes)) = rejudge(&self.verdicts, &self.inventory, &touched) else {
+        let Some((new, changes)) = rejudge(&self.snapshot.verdicts, &self.inventory, &touched) else {
             return;
         };
-        let new = Arc::new(new);
         if new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES && !self.said_too_many_volumes {
             tracing::warn!(
                 volumes = new.volumes.len(),
@@ -290,23 +300,19 @@ impl Engine {
             );
         }
         self.said_too_many_volumes = new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES;
-        // One copy of the verdicts, shared by readers and the cluster side.
-        self.published.write().unwrap_or_else(|e| e.into_inner()).verdicts = new.clone();
-        if let Some(status) = &self.status {
-            let _ = status.send(new.clone());
-        }
+        let old = std::mem::replace(&mut self.snapshot.verdicts, new);
+        self.unsent = true;
         let latency = earliest.elapsed().as_secs_f64();
-        self.record(&changes, &new, latency);
-        let found = {
-            let p = self.published.read().unwrap_or_else(|e| e.into_inner());
-            let pod_name =
-                |uid: &PodUid| p.names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.to_string());
-            notices(&self.verdicts, &new, &changes, pod_name)
-        };
-        for n in found {
+        self.record(&changes, latency);
+        let names = self.snapshot.names.clone();
+        let pod_name = |uid: &PodUid| names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.to_string());
+        for n in notices(&old, &self.snapshot.verdicts, &changes, pod_name) {
             self.tell(n);
         }
-        self.verdicts = new;
+    }
+
+    fn labels(&self, key: &VolumeKey) -> VolumeLabels {
+        volume_labels(&self.snapshot.names, key)
     }
 
     /// Removes the counter series of volumes gone for longer than `gone_series_for`: they
@@ -318,26 +324,27 @@ impl Engine {
         if expired.is_empty() {
             return;
         }
-        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
         for k in expired {
             let Some((_, labels)) = self.gone.remove(&k) else { continue };
             self.metrics.vanished_total.remove(&labels);
             self.metrics.replaced_total.remove(&labels);
             self.metrics.io_errors_total.remove(&labels);
-            published.io_errors.remove(&k);
+            if self.snapshot.io_errors.remove(&k).is_some() {
+                self.unsent = true;
+            }
         }
     }
 
     /// Metrics and logs for every transition.
-    fn record(&mut self, changes: &Transitions, new: &Verdicts, latency: f64) {
+    fn record(&mut self, changes: &Transitions, latency: f64) {
         for t in &changes.volumes {
             let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
             let device = t.device.map(|d| d.to_string());
             tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
-            self.feed.publish(t, &self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k));
+            let labels = self.labels(k);
+            self.feed.publish(t, &labels);
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
-                let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
                 self.gone.insert(k.clone(), (Instant::now(), labels));
                 continue;
             };
@@ -346,8 +353,7 @@ impl Engine {
             self.metrics.detection_latency.get_or_create(&StateLabel { state: state.as_str() }).observe(latency);
             match state {
                 // An unplug in progress loses its device on purpose: not counted.
-                VolumeState::Vanished if new.volumes[k].is_alarm() => {
-                    let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
+                VolumeState::Vanished if self.snapshot.verdicts.volumes[k].is_alarm() => {
                     self.metrics.vanished_total.get_or_create(&labels).inc();
                 }
                 VolumeState::Pending => {
@@ -358,8 +364,7 @@ impl Engine {
                         self.metrics.time_to_ready.observe(since.elapsed().as_secs_f64());
                     }
                 }
-                VolumeState::Replaced if new.volumes[k].is_alarm() => {
-                    let labels = self.published.read().unwrap_or_else(|e| e.into_inner()).volume_labels(k);
+                VolumeState::Replaced if self.snapshot.verdicts.volumes[k].is_alarm() => {
                     self.metrics.replaced_total.get_or_create(&labels).inc();
                 }
                 VolumeState::Vanished | VolumeState::Unbacked | VolumeState::Replaced => {}

@@ -36,8 +36,9 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::feed::Feed;
-use crate::metrics::{Exposition, Metrics, SharedPublished};
+use crate::metrics::{Exposition, Metrics};
 use crate::report::Report;
+use crate::snapshot::Snapshots;
 use crate::sources::health::Health;
 
 /// What one client can take of the agent.
@@ -65,7 +66,7 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    pub published: SharedPublished,
+    pub snapshots: Snapshots,
     pub health: Arc<Health>,
     pub stall_after: Duration,
     pub feed: Feed,
@@ -119,7 +120,7 @@ async fn scan(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAd
     if let Some(refused) = refuse_remote(&peer) {
         return refused;
     }
-    let p = s.published.read().unwrap_or_else(|e| e.into_inner());
+    let p = s.snapshots.borrow().clone();
     let report = Report::new(&p.verdicts, &p.names, &p.skipped, &p.io_errors);
     ([(header::CONTENT_TYPE, "application/json")], report.to_json()).into_response()
 }

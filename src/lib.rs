@@ -13,6 +13,7 @@ pub mod model;
 pub mod mountinfo;
 pub mod notice;
 pub mod report;
+pub mod snapshot;
 pub mod sources;
 pub mod uevent;
 pub mod verdict;

@@ -10,7 +10,7 @@ use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::feed::Feed;
 use hotplug_watchdog::http;
 use hotplug_watchdog::inventory::{Inventory, Observation};
-use hotplug_watchdog::metrics::{Metrics, SharedPublished};
+use hotplug_watchdog::metrics::Metrics;
 use hotplug_watchdog::report::Report;
 use hotplug_watchdog::sources::health::{spawn_supervised, Health};
 use hotplug_watchdog::sources::{self, read_node, SeqClock};
@@ -55,7 +55,7 @@ fn scan(args: ScanArgs) -> anyhow::Result<()> {
         names = view.names;
     }
     let verdicts = judge(&inventory);
-    let mut io_errors = std::collections::BTreeMap::new();
+    let mut io_errors = imbl::OrdMap::new();
     if let Some(kmsg) = args.node.kmsg() {
         match sources::kmsg::errors_in_buffer(kmsg, &args.node.sysfs) {
             Ok(per_device) => {
@@ -100,8 +100,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     let clock = Arc::new(SeqClock::default());
     let health = Arc::new(Health::default());
-    let published = SharedPublished::default();
-    let metrics = Arc::new(Metrics::new(published.clone(), health.clone()));
+    // The engine's snapshots: what every reader (metrics, /scan, the cluster side) sees.
+    let (snapshot_tx, snapshots) = tokio::sync::watch::channel(Arc::default());
+    let metrics = Arc::new(Metrics::new(snapshots.clone(), health.clone()));
 
     // Listen before reading: uevents and the mount table first, then the tree watch, which
     // asks for the first full scan once its watches are in place. Nothing that happens
@@ -132,16 +133,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let feed = Feed::default();
         let mut engine =
-            Engine::new(paths.clone(), clock, metrics.clone(), published.clone(), health.clone(), args.rescan_interval)
+            Engine::new(paths.clone(), clock, metrics.clone(), snapshot_tx, health.clone(), args.rescan_interval)
                 .with_feed(feed.clone())
                 .with_gone_series_for(args.gone_series_for);
         if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = cluster::events::EventSender::channel(metrics.events_total.clone());
-            let (status_tx, status_rx) = tokio::sync::watch::channel(Default::default());
             let events_tx_for_status = events_tx.clone();
-            engine = engine.with_cluster_sinks(events_tx, status_tx);
+            engine = engine.with_events(events_tx);
             let condition_failures = cluster::write_health::WriteHealth::new(
                 cluster::write_health::POD_CONDITIONS,
                 health.clone(),
@@ -160,7 +160,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             );
             // Every cluster task is supervised: one that ends or panics fails /healthz.
             let watch =
-                cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions, volume_status);
+                cluster::watch(client.clone(), node.clone(), tx, health.clone(), snapshots.clone(), conditions, volume_status);
             spawn_supervised(&health, "cluster watch", watch);
             let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
             spawn_supervised(&health, "events", events);
@@ -187,7 +187,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let limits = http::Limits::default();
         let watch_streams = Arc::new(tokio::sync::Semaphore::new(limits.max_watch_streams));
         let state =
-            http::AppState { metrics, published, health, stall_after: args.stall_timeout, feed, stopping, watch_streams };
+            http::AppState { metrics, snapshots, health, stall_after: args.stall_timeout, feed, stopping, watch_streams };
         http::serve(listener, state, limits, async move {
             shutdown_signal().await;
             let _ = stopping_tx.send(true);

@@ -3,7 +3,7 @@
 //! stale series; counters and histograms are updated by the engine on transitions.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -18,9 +18,10 @@ use crate::cluster::write_health;
 use crate::layout::{PodUid, SkipReason};
 use crate::notice::NoticeKind;
 use crate::report::PodNames;
+use crate::snapshot::Snapshots;
 use crate::sources::health::Health;
 use crate::sources::{RescanReason, SourceKind};
-use crate::verdict::{ConditionStatus, Verdicts, VolumeKey, VolumeState};
+use crate::verdict::{ConditionStatus, VolumeKey, VolumeState};
 
 pub const PREFIX: &str = "hotplug_watchdog";
 
@@ -94,40 +95,27 @@ pub struct SourceLabel {
     pub source: &'static str,
 }
 
-/// What the engine publishes for readers (metrics scrapes, `/scan`).
-#[derive(Debug, Default)]
-pub struct Published {
-    pub verdicts: Arc<Verdicts>,
-    pub names: BTreeMap<PodUid, PodNames>,
-    pub skipped: Vec<crate::layout::Skipped>,
-    /// Kernel I/O errors counted per volume since the agent started.
-    pub io_errors: BTreeMap<VolumeKey, u64>,
-}
-
-impl Published {
-    pub fn volume_labels(&self, key: &VolumeKey) -> VolumeLabels {
-        let n = self.names.get(&key.launcher).cloned().unwrap_or_default();
-        VolumeLabels {
-            pod_uid: key.launcher.to_string(),
-            volume: key.volume.clone(),
-            namespace: n.namespace.unwrap_or_default(),
-            vmi: n.vmi.unwrap_or_default(),
-            pod: n.pod.unwrap_or_default(),
-        }
-    }
-
-    fn pod_labels(&self, uid: &PodUid) -> PodLabels {
-        let n = self.names.get(uid).cloned().unwrap_or_default();
-        PodLabels {
-            pod_uid: uid.to_string(),
-            namespace: n.namespace.unwrap_or_default(),
-            vmi: n.vmi.unwrap_or_default(),
-            pod: n.pod.unwrap_or_default(),
-        }
+/// The labels of a volume's series: its launcher pod and the names the API gives it.
+pub fn volume_labels(names: &BTreeMap<PodUid, PodNames>, key: &VolumeKey) -> VolumeLabels {
+    let n = names.get(&key.launcher).cloned().unwrap_or_default();
+    VolumeLabels {
+        pod_uid: key.launcher.to_string(),
+        volume: key.volume.clone(),
+        namespace: n.namespace.unwrap_or_default(),
+        vmi: n.vmi.unwrap_or_default(),
+        pod: n.pod.unwrap_or_default(),
     }
 }
 
-pub type SharedPublished = Arc<RwLock<Published>>;
+fn pod_labels(names: &BTreeMap<PodUid, PodNames>, uid: &PodUid) -> PodLabels {
+    let n = names.get(uid).cloned().unwrap_or_default();
+    PodLabels {
+        pod_uid: uid.to_string(),
+        namespace: n.namespace.unwrap_or_default(),
+        vmi: n.vmi.unwrap_or_default(),
+        pod: n.pod.unwrap_or_default(),
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -150,7 +138,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(published: SharedPublished, health: Arc<Health>) -> Self {
+    pub fn new(snapshots: Snapshots, health: Arc<Health>) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let vanished_total = Family::<VolumeLabels, Counter>::default();
         registry.register(
@@ -243,7 +231,7 @@ impl Metrics {
         for kind in [write_health::LEASE, write_health::POD_CONDITIONS] {
             status_writes_failing.get_or_create(&KindLabel { kind: kind.label }).set(0);
         }
-        registry.register_collector(Box::new(VerdictGauges(published)));
+        registry.register_collector(Box::new(VerdictGauges(snapshots)));
         registry.register_collector(Box::new(AgentGauges(health)));
         // Every bounded series exists from the start, at zero: rate() and alerts need no
         // "absent" special case.
@@ -331,13 +319,14 @@ impl Exposition {
     }
 }
 
-/// Renders the per-volume and per-attachment-pod gauges from the latest verdicts.
+/// Renders the per-volume and per-attachment-pod gauges from the latest snapshot.
 #[derive(Debug)]
-struct VerdictGauges(SharedPublished);
+struct VerdictGauges(Snapshots);
 
 impl Collector for VerdictGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let p = self.0.read().unwrap_or_else(|e| e.into_inner());
+        // A pointer copy: the engine is never held up by a scrape.
+        let p = self.0.borrow().clone();
         let mut m = encoder.encode_descriptor(
             "volume_device_present",
             "1 when the launcher's node or mount for the volume points at a device that exists",
@@ -345,7 +334,8 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (key, v) in p.verdicts.volumes.iter().take(MAX_EXPORTED_VOLUMES) {
-            ConstGauge::new(i64::from(v.state.device_present())).encode(m.encode_family(&p.volume_labels(key))?)?;
+            ConstGauge::new(i64::from(v.state.device_present()))
+                .encode(m.encode_family(&volume_labels(&p.names, key))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "volume_state",
@@ -354,7 +344,7 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (key, v) in p.verdicts.volumes.iter().take(MAX_EXPORTED_VOLUMES) {
-            let l = p.volume_labels(key);
+            let l = volume_labels(&p.names, key);
             for state in VolumeState::ALL {
                 let labels = VolumeStateLabels { volume: l.clone(), state: state.as_str() };
                 ConstGauge::new(i64::from(v.state == state)).encode(m.encode_family(&labels)?)?;
@@ -367,7 +357,8 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (key, v) in p.verdicts.volumes.iter().take(MAX_EXPORTED_VOLUMES) {
-            ConstGauge::new(i64::from(v.in_spec == Some(false))).encode(m.encode_family(&p.volume_labels(key))?)?;
+            ConstGauge::new(i64::from(v.in_spec == Some(false)))
+                .encode(m.encode_family(&volume_labels(&p.names, key))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "attachment_pod_superseded",
@@ -376,7 +367,7 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (uid, a) in &p.verdicts.attachment_pods {
-            ConstGauge::new(i64::from(a.superseded)).encode(m.encode_family(&p.pod_labels(uid))?)?;
+            ConstGauge::new(i64::from(a.superseded)).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "attachment_pod_handoff_safe",
@@ -385,7 +376,7 @@ impl Collector for VerdictGauges {
             MetricType::Gauge,
         )?;
         for (uid, a) in &p.verdicts.attachment_pods {
-            ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&p.pod_labels(uid))?)?;
+            ConstGauge::new(i64::from(a.handoff_safe())).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
         }
         let mut m = encoder.encode_descriptor(
             "attachment_pod_handoff_unknown",
@@ -395,7 +386,7 @@ impl Collector for VerdictGauges {
         )?;
         for (uid, a) in &p.verdicts.attachment_pods {
             let unknown = a.handoff.status() == ConditionStatus::Unknown;
-            ConstGauge::new(i64::from(unknown)).encode(m.encode_family(&p.pod_labels(uid))?)?;
+            ConstGauge::new(i64::from(unknown)).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
         }
         let m = encoder.encode_descriptor(
             "volumes_not_exported",

@@ -77,7 +77,7 @@ impl Report {
         verdicts: &Verdicts,
         names: &BTreeMap<PodUid, PodNames>,
         skipped: &[Skipped],
-        io_errors: &BTreeMap<VolumeKey, u64>,
+        io_errors: &imbl::OrdMap<VolumeKey, u64>,
     ) -> Self {
         let name = |uid: &PodUid| names.get(uid).cloned().unwrap_or_default();
         let volumes = verdicts

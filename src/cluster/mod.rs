@@ -27,7 +27,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::model::ClusterView;
-use crate::verdict::Verdicts;
 use status::{ConditionWriter, VmiStatusWriter};
 
 use crate::sources::health::Health;
@@ -181,7 +180,7 @@ pub async fn watch(
     node: String,
     tx: Sender,
     health: Arc<Health>,
-    mut verdicts_rx: tokio::sync::watch::Receiver<Arc<Verdicts>>,
+    mut snapshots: crate::snapshot::Snapshots,
     mut conditions: ConditionWriter,
     mut volume_status: VmiStatusWriter,
 ) {
@@ -201,7 +200,7 @@ pub async fn watch(
 
     let (mut pods, mut vmis) = (Objects::<Pod>::new(), Objects::<DynamicObject>::new());
     let mut last_sent: Option<ClusterView> = None;
-    let mut verdicts: Option<Arc<Verdicts>> = None;
+    let mut verdicts: Option<Arc<crate::snapshot::Snapshot>> = None;
     // When to bring the pods' conditions in line next; armed by any change.
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
@@ -216,8 +215,8 @@ pub async fn watch(
         tokio::select! {
             Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
             Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
-            Ok(()) = verdicts_rx.changed() => {
-                verdicts = Some(verdicts_rx.borrow_and_update().clone());
+            Ok(()) = snapshots.changed() => {
+                verdicts = Some(snapshots.borrow_and_update().clone());
                 node_news = true;
             }
             () = flush => {
@@ -225,6 +224,7 @@ pub async fn watch(
                 if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
                     let launchers = view.vmis.iter().map(|(launcher, vmi)| (vmi.uid.clone(), launcher.clone())).collect();
                     // No condition before the first full scan and a view from synced watches.
+                    let v = &v.verdicts;
                     let written = match conditions::desired(v, &view.attachment_pods) {
                         Some(desired) => conditions.flush(&pods.by_uid, &desired).await,
                         None => None,
@@ -244,8 +244,8 @@ pub async fn watch(
             vmis.apply(w, u, &health);
         }
         // Only the newest verdicts count; the channel keeps no others.
-        if verdicts_rx.has_changed().unwrap_or(false) {
-            verdicts = Some(verdicts_rx.borrow_and_update().clone());
+        if snapshots.has_changed().unwrap_or(false) {
+            verdicts = Some(snapshots.borrow_and_update().clone());
             node_news = true;
         }
         // Until both hold a complete list, a view would claim volumes left specs.
