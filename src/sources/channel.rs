@@ -33,8 +33,11 @@ use crate::device::DevNum;
 use crate::inventory::{Observation, Seq};
 use crate::layout::{PodUid, Skipped};
 
-/// Slots of the channel `main` makes: ten times the largest burst measured (a few hundred
-/// pods and devices changing at once) and a few MiB at most.
+/// Slots of the channel `main` makes. More subjects than a node has (pods with a hotplug
+/// directory: a few hundred at most; block devices: hundreds; one mount table), so only a
+/// storm of new subjects while the engine is stuck fills it. A slot holds one read: about
+/// 200 bytes for a uevent, one pod directory's volumes for a pod (at most `MAX_ENTRIES`
+/// per directory): a few MiB when full of ordinary reads.
 pub const CAPACITY: usize = 4096;
 
 /// A bounded, coalescing channel holding at most `capacity` slots (see the module doc).
@@ -79,13 +82,19 @@ struct State {
     overflowing: bool,
 }
 
-/// What a read was about: reads of the same subject merge.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Subject {
+/// A fact of the inventory, which keeps the newest read of each. Ordered by how a read's
+/// subject is chosen: the pod it read, else the mount table, else a device.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Fact {
     Pod(PodUid),
-    Device(DevNum),
     MountTable,
+    Device(DevNum),
 }
+
+/// What a read was about: reads of the same subject by the same source merge. Any grouping
+/// would be right (merging keeps the newest read of each fact); this one merges what a
+/// source reads again and again. `None`: a read that observed nothing, only an event.
+type Subject = (SourceKind, Option<Fact>);
 
 /// The next batch, merged.
 #[derive(Debug, Default)]
@@ -93,8 +102,6 @@ struct Queued {
     /// One `Observed` per subject, in the order subjects first came.
     observed: Vec<Observed>,
     by_subject: HashMap<Subject, usize>,
-    /// Observations of no subject (none are sent today): each has its own slot.
-    unsorted: Vec<Observed>,
     /// Per device: how many errors, and when the first was received.
     io_errors: Vec<(DevNum, u64, Instant)>,
     kmsg_lost: u64,
@@ -201,7 +208,6 @@ enum Dropped {
 impl Queued {
     fn is_empty(&self) -> bool {
         self.observed.is_empty()
-            && self.unsorted.is_empty()
             && self.io_errors.is_empty()
             && self.kmsg_lost == 0
             && self.rescan.is_none()
@@ -209,7 +215,7 @@ impl Queued {
     }
 
     fn slots(&self) -> usize {
-        self.observed.len() + self.unsorted.len() + self.io_errors.len()
+        self.observed.len() + self.io_errors.len()
     }
 
     fn request_rescan(&mut self, reason: RescanReason) {
@@ -221,17 +227,14 @@ impl Queued {
         match msg {
             Message::Observed { obs, source, received, skipped } => {
                 let read = Observed { obs, source, received, skipped };
-                match subject(&read.obs) {
-                    Some(subject) => match self.by_subject.get(&subject) {
-                        Some(&i) => self.observed[i].merge(read),
-                        None if full => return Err(Dropped::Read),
-                        None => {
-                            self.by_subject.insert(subject, self.observed.len());
-                            self.observed.push(read);
-                        }
-                    },
+                let subject = (read.source, read.obs.iter().filter_map(fact_of).map(|(fact, _)| fact).min());
+                match self.by_subject.get(&subject) {
+                    Some(&i) => self.observed[i].merge(read),
                     None if full => return Err(Dropped::Read),
-                    None => self.unsorted.push(read),
+                    None => {
+                        self.by_subject.insert(subject, self.observed.len());
+                        self.observed.push(read);
+                    }
                 }
             }
             Message::Rescan(reason) => self.request_rescan(reason),
@@ -247,9 +250,9 @@ impl Queued {
     }
 
     fn into_batch(self) -> Batch {
-        let mut messages = Vec::with_capacity(self.observed.len() + self.unsorted.len() + 3);
+        let mut messages = Vec::with_capacity(self.observed.len() + 3);
         messages.extend(self.cluster.map(Message::Cluster));
-        messages.extend(self.observed.into_iter().chain(self.unsorted).map(|o| Message::Observed {
+        messages.extend(self.observed.into_iter().map(|o| Message::Observed {
             obs: o.obs,
             source: o.source,
             received: o.received,
@@ -263,18 +266,15 @@ impl Queued {
     }
 }
 
-/// The subject of a read: the pod it read, else the mount table, else the one device.
-fn subject(obs: &[Observation]) -> Option<Subject> {
-    let pod = obs.iter().find_map(|o| match o {
-        Observation::Pod { uid, .. } => Some(Subject::Pod(uid.clone())),
-        _ => None,
-    });
-    let mounts = || obs.iter().any(|o| matches!(o, Observation::Mounts { .. })).then_some(Subject::MountTable);
-    let device = || match obs {
-        [Observation::Device { device, .. }] => Some(Subject::Device(*device)),
-        _ => None,
-    };
-    pod.or_else(mounts).or_else(device)
+/// The fact an observation reads, and when its read began; `None` for what the engine
+/// makes itself (a full scan) or the cluster watch sends on its own (a view).
+fn fact_of(obs: &Observation) -> Option<(Fact, Seq)> {
+    match obs {
+        Observation::Pod { seq, uid, .. } => Some((Fact::Pod(uid.clone()), *seq)),
+        Observation::Mounts { seq, .. } => Some((Fact::MountTable, *seq)),
+        Observation::Device { seq, device, .. } => Some((Fact::Device(*device), *seq)),
+        Observation::FullScan(_) | Observation::Cluster(_) => None,
+    }
 }
 
 impl Observed {
@@ -282,8 +282,14 @@ impl Observed {
     /// fact stays, as in the inventory.
     fn merge(&mut self, newer: Observed) {
         for obs in newer.obs {
-            match self.obs.iter_mut().find(|o| same_fact(o, &obs)) {
-                Some(old) if seq_of(&obs) >= seq_of(old) => keep_newer(old, obs),
+            let Some((fact, seq)) = fact_of(&obs) else {
+                self.obs.push(obs);
+                continue;
+            };
+            let old = self.obs.iter_mut().find_map(|o| fact_of(o).filter(|(f, _)| *f == fact).map(|(_, s)| (o, s)));
+            match old {
+                // As in the inventory, the later of two reads that began together wins.
+                Some((old, old_seq)) if seq >= old_seq => keep_newer(old, obs),
                 Some(_) => {}
                 None => self.obs.push(obs),
             }
@@ -295,25 +301,10 @@ impl Observed {
     }
 }
 
-fn same_fact(a: &Observation, b: &Observation) -> bool {
-    match (a, b) {
-        (Observation::Pod { uid: x, .. }, Observation::Pod { uid: y, .. }) => x == y,
-        (Observation::Device { device: x, .. }, Observation::Device { device: y, .. }) => x == y,
-        (Observation::Mounts { .. }, Observation::Mounts { .. }) => true,
-        _ => false,
-    }
-}
-
-fn seq_of(obs: &Observation) -> Seq {
-    match obs {
-        Observation::Pod { seq, .. } | Observation::Device { seq, .. } | Observation::Mounts { seq, .. } => *seq,
-        Observation::FullScan(scan) => scan.seq,
-        Observation::Cluster(_) => 0,
-    }
-}
-
 /// Replaces `old` with `newer`, a newer read of the same fact. As in the inventory, a pod
-/// read that failed part of the way keeps the volumes of the read before it.
+/// read that failed part of the way keeps the volumes of the read before it. (One
+/// difference: when that read found no hotplug directory, the inventory's older volumes
+/// show through instead of none; the pod is unreadable, so `Unknown`, either way.)
 fn keep_newer(old: &mut Observation, newer: Observation) {
     *old = match (&mut *old, newer) {
         (Observation::Pod { disks: before, .. }, Observation::Pod { seq, uid, disks, unreadable: Some(u) }) => {
@@ -400,7 +391,7 @@ mod tests {
                 _ => Vec::new(),
             })
             .collect();
-        all.sort_by_key(|o| (seq_of(o), format!("{o:?}")));
+        all.sort_by_key(|o| (fact_of(o).map(|(_, seq)| seq), format!("{o:?}")));
         all
     }
 
@@ -567,7 +558,7 @@ mod tests {
                         match msg {
                             Message::KmsgLost(n) => lost += n,
                             Message::Observed { obs, .. } => {
-                                let seq = seq_of(&obs[0]);
+                                let seq = fact_of(&obs[0]).unwrap().1;
                                 assert!(seq > newest, "batches come in the order they were sent");
                                 newest = seq;
                             }
