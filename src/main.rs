@@ -112,21 +112,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // asks for the first full scan once its watches are in place. Nothing that happens
     // after a source is listening can be missed by the scan that follows.
     let mut running = Sources::new().context("cannot start the sources")?;
-    let (uevent_source, buffer, sysfs, c) =
-        (args.uevent_source, args.uevent_buffer_bytes, paths.sysfs.clone(), clock.clone());
+    let uevents = {
+        let (source, buffer, sysfs, clock) =
+            (args.uevent_source, args.uevent_buffer_bytes, paths.sysfs.clone(), clock.clone());
+        move || Uevents::open(source, buffer, sysfs, clock)
+    };
+    running.spawn(&health, tx.clone(), uevents).context("cannot listen for block uevents")?;
+    let mount_table = {
+        let (paths, clock) = (paths.clone(), clock.clone());
+        move || MountTable::open(&paths, clock)
+    };
     running
-        .spawn(&health, tx.clone(), move || Uevents::open(uevent_source, buffer, sysfs, c))
-        .context("cannot listen for block uevents")?;
-    let (p, c) = (paths.clone(), clock.clone());
-    running
-        .spawn(&health, tx.clone(), move || MountTable::open(&p, c))
+        .spawn(&health, tx.clone(), mount_table)
         .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
-    let (p, c) = (paths.clone(), clock.clone());
-    running.spawn(&health, tx.clone(), move || TreeWatcher::open(&p, c)).context("cannot start inotify")?;
+    let tree = {
+        let (paths, clock) = (paths.clone(), clock.clone());
+        move || TreeWatcher::open(&paths, clock)
+    };
+    running.spawn(&health, tx.clone(), tree).context("cannot start inotify")?;
     if let Some(kmsg) = args.node.kmsg() {
         // Optional: without the kernel log the agent still sees devices come and go.
-        let (path, sysfs) = (kmsg.to_path_buf(), paths.sysfs.clone());
-        if let Err(e) = running.spawn(&health, tx.clone(), move || KernelLog::open(&path, sysfs)) {
+        let kernel_log = {
+            let (path, sysfs) = (kmsg.to_path_buf(), paths.sysfs.clone());
+            move || KernelLog::open(&path, sysfs)
+        };
+        if let Err(e) = running.spawn(&health, tx.clone(), kernel_log) {
             tracing::warn!(path = %kmsg.display(), error = %e, "not counting kernel I/O errors: cannot read the kernel log");
         }
     }
