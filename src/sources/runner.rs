@@ -73,15 +73,16 @@ impl Sources {
     }
 
     /// Runs the source `open` makes on a thread of its own, under a heartbeat registered
-    /// in `health`. `open` runs on that thread (a libudev handle must not leave the thread
-    /// that made it); this returns once it did, so that a source that cannot start is a
-    /// start-up error, and nothing that happens after this returns is missed.
-    pub fn spawn<S, F>(&mut self, health: &Health, tx: Sender, open: F) -> io::Result<()>
+    /// in `health` once it opened. `open` runs on that thread (a libudev handle must not
+    /// leave the thread that made it); this returns once it did, so that a source that
+    /// cannot start is a start-up error, and nothing that happens after this returns is
+    /// missed.
+    pub fn spawn<S, F>(&mut self, health: &Arc<Health>, tx: Sender, open: F) -> io::Result<()>
     where
         S: Source,
         F: FnOnce() -> io::Result<S> + Send + 'static,
     {
-        let hb = health.register(S::NAME);
+        let health = health.clone();
         let stopped = self.stopped.clone();
         let (opened_tx, opened) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         let handle = std::thread::Builder::new().name(S::NAME.into()).spawn(move || {
@@ -93,6 +94,7 @@ impl Sources {
                 }
             };
             // Only a source that started is watched: one that could not open was said at start.
+            let hb = health.register(S::NAME);
             let _guard = hb.guard();
             let _ = opened_tx.send(Ok(()));
             tracing::info!(source = S::NAME, "source started");
@@ -218,12 +220,14 @@ mod tests {
 
     #[test]
     fn a_source_that_cannot_open_is_a_start_up_error() {
-        let health = Health::default();
+        let health = Arc::new(Health::default());
         let (tx, _rx) = channel(4);
         let err = Sources::new()
             .unwrap()
             .spawn(&health, tx, || -> io::Result<Echo> { Err(io::Error::other("no such thing")) })
             .unwrap_err();
         assert_eq!(err.to_string(), "no such thing");
+        // Nothing to watch: it never ran.
+        assert_eq!(health.check(Duration::from_secs(60)), Ok(()));
     }
 }
