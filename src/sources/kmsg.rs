@@ -45,6 +45,8 @@ pub fn errors_in_buffer(path: &Path, sysfs: &Path) -> io::Result<std::collection
     Ok(counts)
 }
 
+const RECORDS_PER_WAKE: usize = 4096;
+
 /// Follows the kernel log from its end, without blocking: the runner waits for it.
 pub struct KernelLog {
     file: File,
@@ -73,9 +75,10 @@ impl Source for KernelLog {
         Wait::Ready(self.file.as_fd(), PollFlags::POLLIN)
     }
 
-    /// Reads every record there is, one per read.
+    /// Reads the records there are, one per read. At most `RECORDS_PER_WAKE`: a log that
+    /// floods faster than it is read makes many short wakes, not one that looks stalled.
     fn wake(&mut self, _: PollFlags, tx: &Sender) -> Result<(), Stop> {
-        loop {
+        for _ in 0..RECORDS_PER_WAKE {
             let n = match self.file.read(&mut self.buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
@@ -109,6 +112,7 @@ impl Source for KernelLog {
             };
             tx.send(Message::IoError { device, received: Instant::now() })?;
         }
+        Ok(())
     }
 }
 
