@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use crate::metrics::{volume_labels, Metrics, ReasonLabel, SourceLabel, StateLabe
 use crate::model::{ClusterView, VmiRef};
 use crate::notice::{notices, Notice};
 use crate::snapshot::Snapshot;
+use crate::sources::channel::{Batch, Receiver};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
 use crate::verdict::{rejudge, Transitions, VolumeKey, VolumeState};
@@ -104,20 +105,19 @@ impl Engine {
     }
 
     /// Runs until every sender is gone.
-    pub fn run(mut self, rx: Receiver<Message>, hb: Arc<Heartbeat>) {
+    pub fn run(mut self, rx: Receiver, hb: Arc<Heartbeat>) {
         let _guard = hb.guard();
         let mut next_rescan = Instant::now() + self.rescan_interval;
         loop {
             hb.idle();
-            let first = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => Message::Rescan(RescanReason::Periodic),
+            // Everything queued comes as one batch: one verdict computation per batch keeps a
+            // burst of events cheap.
+            let batch = match rx.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => Batch::of(Message::Rescan(RescanReason::Periodic)),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             hb.busy();
-            // Take everything already queued: one verdict computation per batch keeps a
-            // burst of events cheap.
-            let batch: Vec<Message> = std::iter::once(first).chain(rx.try_iter()).collect();
             let mut rescan: Option<RescanReason> = None;
             let mut earliest = Instant::now();
             for msg in batch {

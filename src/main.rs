@@ -1,5 +1,5 @@
 use std::process::ExitCode;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,7 +13,12 @@ use hotplug_watchdog::inventory::{Inventory, Observation};
 use hotplug_watchdog::metrics::Metrics;
 use hotplug_watchdog::report::Report;
 use hotplug_watchdog::sources::health::{spawn_supervised, Health};
-use hotplug_watchdog::sources::{self, read_node, SeqClock};
+use hotplug_watchdog::sources::inotify::TreeWatcher;
+use hotplug_watchdog::sources::kmsg::KernelLog;
+use hotplug_watchdog::sources::mounts::MountTable;
+use hotplug_watchdog::sources::runner::Sources;
+use hotplug_watchdog::sources::uevents::Uevents;
+use hotplug_watchdog::sources::{self, channel, read_node, SeqClock};
 use hotplug_watchdog::verdict::judge;
 
 fn main() -> ExitCode {
@@ -97,7 +102,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     init_logging(&args)?;
     let paths = args.node.paths();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = channel::channel(channel::CAPACITY);
     let clock = Arc::new(SeqClock::default());
     let health = Arc::new(Health::default());
     // The engine's snapshots: what every reader (metrics, /scan, the cluster side) sees.
@@ -107,24 +112,32 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // Listen before reading: uevents and the mount table first, then the tree watch, which
     // asks for the first full scan once its watches are in place. Nothing that happens
     // after a source is listening can be missed by the scan that follows.
-    sources::uevents::spawn(
-        args.uevent_source,
-        args.uevent_buffer_bytes,
-        paths.sysfs.clone(),
-        tx.clone(),
-        clock.clone(),
-        health.register("uevents"),
-    )
-    .context("cannot listen for block uevents")?;
-    sources::mounts::spawn(paths.clone(), tx.clone(), clock.clone(), health.register("mountinfo"))
+    let mut running = Sources::new().context("cannot start the sources")?;
+    let uevents = {
+        let (source, buffer, sysfs, clock) =
+            (args.uevent_source, args.uevent_buffer_bytes, paths.sysfs.clone(), clock.clone());
+        move || Uevents::open(source, buffer, sysfs, clock)
+    };
+    running.spawn(&health, tx.clone(), uevents).context("cannot listen for block uevents")?;
+    let mount_table = {
+        let (paths, clock) = (paths.clone(), clock.clone());
+        move || MountTable::open(&paths, clock)
+    };
+    running
+        .spawn(&health, tx.clone(), mount_table)
         .with_context(|| format!("cannot open mount table {}", paths.mountinfo.display()))?;
-    sources::inotify::spawn(&paths, tx.clone(), clock.clone(), health.register("inotify"))
-        .context("cannot start inotify")?;
+    let tree = {
+        let (paths, clock) = (paths.clone(), clock.clone());
+        move || TreeWatcher::open(&paths, clock)
+    };
+    running.spawn(&health, tx.clone(), tree).context("cannot start inotify")?;
     if let Some(kmsg) = args.node.kmsg() {
         // Optional: without the kernel log the agent still sees devices come and go.
-        if let Err(e) =
-            sources::kmsg::spawn(kmsg.to_path_buf(), paths.sysfs.clone(), tx.clone(), health.register("kmsg"))
-        {
+        let kernel_log = {
+            let (path, sysfs) = (kmsg.to_path_buf(), paths.sysfs.clone());
+            move || KernelLog::open(&path, sysfs)
+        };
+        if let Err(e) = running.spawn(&health, tx.clone(), kernel_log) {
             tracing::warn!(path = %kmsg.display(), error = %e, "not counting kernel I/O errors: cannot read the kernel log");
         }
     }
@@ -193,9 +206,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stopping_tx.send(true);
         })
         .await?;
-        tracing::info!("shut down");
         anyhow::Ok(())
-    })
+    })?;
+    running.stop(std::time::Duration::from_secs(1));
+    tracing::info!("shut down");
+    Ok(())
 }
 
 /// This node's lease, from the flags; a bad name or timing stops the agent at start.

@@ -8,13 +8,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::poll::PollFlags;
 
-use super::health::Heartbeat;
+use super::runner::{Source, Stop, Wait};
 use super::{sysfs, Message, NodePaths, RescanReason, Sender, SeqClock, SourceKind};
 use crate::inventory::Observation;
 use crate::layout::{KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH, MAX_ENTRIES};
@@ -28,35 +30,55 @@ enum Watched {
     PodDir(PodUid),
 }
 
-pub fn spawn(
-    paths: &NodePaths,
-    tx: Sender,
-    clock: Arc<SeqClock>,
-    hb: Arc<Heartbeat>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let inotify = Inotify::init()?;
-    let (layout, sysfs) = (paths.layout(), paths.sysfs.clone());
-    std::thread::Builder::new().name("inotify".into()).spawn(move || {
-        let _guard = hb.guard();
-        let mut watcher = TreeWatcher { inotify, layout, sysfs, watched: HashMap::new(), tx, clock, hb };
-        if let Err(e) = watcher.run() {
-            tracing::error!(error = %e, "inotify source stopped");
-        }
-    })
+/// Whether the kubelet root is watched. A node agent can start before the kubelet made
+/// its directory, and the directory can go: then it is waited for, with backoff, said
+/// once in the log.
+enum Root {
+    Waiting { retry_in: Duration, said: bool },
+    Watched,
 }
 
-struct TreeWatcher {
+pub struct TreeWatcher {
     inotify: Inotify,
     layout: KubeletLayout,
     sysfs: std::path::PathBuf,
     watched: HashMap<WatchDescriptor, Watched>,
-    tx: Sender,
+    root: Root,
     clock: Arc<SeqClock>,
-    hb: Arc<Heartbeat>,
+    buffer: Vec<u8>,
 }
 
-/// The engine hung up: the agent is shutting down.
-struct Hangup;
+impl TreeWatcher {
+    pub fn open(paths: &NodePaths, clock: Arc<SeqClock>) -> io::Result<Self> {
+        Ok(TreeWatcher {
+            inotify: Inotify::init()?,
+            layout: paths.layout(),
+            sysfs: paths.sysfs.clone(),
+            watched: HashMap::new(),
+            root: Root::Waiting { retry_in: Duration::ZERO, said: false },
+            clock,
+            buffer: vec![0u8; 64 * 1024],
+        })
+    }
+}
+
+impl Source for TreeWatcher {
+    const NAME: &'static str = "inotify";
+
+    fn wait(&self) -> Wait<'_> {
+        match self.root {
+            Root::Waiting { retry_in, .. } => Wait::Delay(retry_in),
+            Root::Watched => Wait::Ready(self.inotify.as_fd(), PollFlags::POLLIN),
+        }
+    }
+
+    fn wake(&mut self, _: PollFlags, tx: &Sender) -> Result<(), Stop> {
+        match self.root {
+            Root::Waiting { retry_in, said } => self.watch_root(retry_in, said, tx),
+            Root::Watched => self.read_events(tx),
+        }
+    }
+}
 
 fn mask() -> WatchMask {
     // ATTRIB: a permission change can make a directory readable again (or not): the
@@ -73,51 +95,29 @@ fn mask() -> WatchMask {
 }
 
 impl TreeWatcher {
-    fn run(&mut self) -> io::Result<()> {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            self.wait_for_root();
-            self.watch_everything();
-            if self.send(Message::Rescan(RescanReason::WatchesReady)).is_err() {
-                return Ok(());
+    /// Watches the root, then everything under it, and asks for the rescan that the watch
+    /// set makes safe; or tries again later.
+    fn watch_root(&mut self, retry_in: Duration, said: bool, tx: &Sender) -> Result<(), Stop> {
+        // The configured root may be a symlink: follow it, as the layout does.
+        match self.inotify.watches().add(self.layout.root(), mask() - WatchMask::DONT_FOLLOW) {
+            Ok(wd) => {
+                self.watched.insert(wd, Watched::Root);
+                if said {
+                    tracing::info!(root = %self.layout.root().display(), "kubelet pods directory appeared");
+                }
+                self.root = Root::Watched;
+                self.watch_everything();
+                tx.send(Message::Rescan(RescanReason::WatchesReady))?;
             }
-            match self.follow(&mut buffer)? {
-                Some(Hangup) => return Ok(()),
-                None => {
-                    tracing::warn!(root = %self.layout.root().display(), "kubelet pods directory went away; waiting for it");
-                    if self.send(Message::Rescan(RescanReason::RootGone)).is_err() {
-                        return Ok(());
-                    }
+            Err(e) => {
+                if !said {
+                    tracing::warn!(root = %self.layout.root().display(), error = %e, "cannot watch the kubelet pods directory yet; retrying");
                 }
-            }
-        }
-    }
-
-    /// Blocks until the root can be watched. A node agent can start before the kubelet
-    /// made its directory; waiting is cheap and says so once.
-    fn wait_for_root(&mut self) {
-        let mut delay = Duration::from_millis(100);
-        let mut said = false;
-        loop {
-            // The configured root may be a symlink: follow it, as the layout does.
-            match self.inotify.watches().add(self.layout.root(), mask() - WatchMask::DONT_FOLLOW) {
-                Ok(wd) => {
-                    self.watched.insert(wd, Watched::Root);
-                    if said {
-                        tracing::info!(root = %self.layout.root().display(), "kubelet pods directory appeared");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    if !said {
-                        tracing::warn!(root = %self.layout.root().display(), error = %e, "cannot watch the kubelet pods directory yet; retrying");
-                        said = true;
-                    }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                let retry_in = (retry_in * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                self.root = Root::Waiting { retry_in, said: true };
             }
         }
+        Ok(())
     }
 
     fn watch_everything(&mut self) {
@@ -174,79 +174,70 @@ impl TreeWatcher {
         }
     }
 
-    /// Reads events until the root goes away (`Ok(None)`) or the engine hangs up.
-    fn follow(&mut self, buffer: &mut [u8]) -> io::Result<Option<Hangup>> {
-        loop {
-            self.hb.idle();
-            let events = match self.inotify.read_events_blocking(buffer) {
-                Ok(ev) => ev,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.hb.busy();
-            let mut dirty: BTreeSet<PodUid> = BTreeSet::new();
-            let (mut overflow, mut root_gone) = (false, false);
-            let mut ignored = Vec::new();
-            for ev in events {
-                if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                    overflow = true;
-                    continue;
-                }
-                let watched = self.watched.get(&ev.wd).cloned();
-                if ev.mask.contains(EventMask::IGNORED) {
-                    ignored.push(ev.wd.clone());
-                }
-                match watched {
-                    Some(Watched::Root) => {
-                        if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
-                            root_gone = true;
-                        } else if let Some(name) = ev.name.and_then(|n| n.to_str()) {
-                            dirty.insert(name.into());
-                        }
-                    }
-                    Some(Watched::PodDir(uid)) => {
-                        dirty.insert(uid);
-                    }
-                    None => {}
-                }
-            }
-            for wd in ignored {
-                self.watched.remove(&wd);
-            }
-            if root_gone {
-                self.forget_all_watches();
-                return Ok(None);
-            }
-            if overflow {
-                tracing::warn!("inotify queue overflowed; events were lost, re-watching and rescanning");
-                self.watch_everything();
-                if self.send(Message::Rescan(RescanReason::InotifyOverflow)).is_err() {
-                    return Ok(Some(Hangup));
-                }
+    /// Reads the events queued; each pod they touch is read again whole.
+    fn read_events(&mut self, tx: &Sender) -> Result<(), Stop> {
+        let events = match self.inotify.read_events(&mut self.buffer) {
+            Ok(ev) => ev,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut dirty: BTreeSet<PodUid> = BTreeSet::new();
+        let (mut overflow, mut root_gone) = (false, false);
+        let mut ignored = Vec::new();
+        for ev in events {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                overflow = true;
                 continue;
             }
-            for uid in dirty {
-                let received = Instant::now();
-                self.watch_pod(&uid);
-                let seq = self.clock.next();
-                let scan = self.layout.scan_pod(&uid);
-                let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
-                obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks, unreadable: scan.unreadable });
-                let msg = Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped };
-                if self.send(msg).is_err() {
-                    return Ok(Some(Hangup));
+            let watched = self.watched.get(&ev.wd).cloned();
+            if ev.mask.contains(EventMask::IGNORED) {
+                ignored.push(ev.wd.clone());
+            }
+            match watched {
+                Some(Watched::Root) => {
+                    if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+                        root_gone = true;
+                    } else if let Some(name) = ev.name.and_then(|n| n.to_str()) {
+                        dirty.insert(name.into());
+                    }
                 }
+                Some(Watched::PodDir(uid)) => {
+                    dirty.insert(uid);
+                }
+                None => {}
             }
         }
+        for wd in ignored {
+            self.watched.remove(&wd);
+        }
+        if root_gone {
+            self.forget_all_watches();
+            tracing::warn!(root = %self.layout.root().display(), "kubelet pods directory went away; waiting for it");
+            self.root = Root::Waiting { retry_in: Duration::ZERO, said: false };
+            tx.send(Message::Rescan(RescanReason::RootGone))?;
+            return Ok(());
+        }
+        if overflow {
+            tracing::warn!("inotify queue overflowed; events were lost, re-watching and rescanning");
+            self.watch_everything();
+            tx.send(Message::Rescan(RescanReason::InotifyOverflow))?;
+            return Ok(());
+        }
+        for uid in dirty {
+            let received = Instant::now();
+            self.watch_pod(&uid);
+            let seq = self.clock.next();
+            let scan = self.layout.scan_pod(&uid);
+            let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
+            obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks, unreadable: scan.unreadable });
+            tx.send(Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped })?;
+        }
+        Ok(())
     }
 
     fn forget_all_watches(&mut self) {
         for (wd, _) in self.watched.drain() {
             let _ = self.inotify.watches().remove(wd);
         }
-    }
-
-    fn send(&self, msg: Message) -> Result<(), Hangup> {
-        self.tx.send(msg).map_err(|_| Hangup)
     }
 }

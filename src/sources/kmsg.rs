@@ -6,14 +6,15 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::health::Heartbeat;
-use super::Message;
-use super::Sender;
+use nix::poll::PollFlags;
+
+use super::runner::{Source, Stop, Wait};
+use super::{Message, Sender};
 use crate::device::DevNum;
 use crate::kmsg;
 
@@ -44,21 +45,75 @@ pub fn errors_in_buffer(path: &Path, sysfs: &Path) -> io::Result<std::collection
     Ok(counts)
 }
 
-/// Opens the log now (so that a missing or unreadable one is said at start) and follows
-/// it on a thread.
-pub fn spawn(path: PathBuf, sysfs: PathBuf, tx: Sender, hb: Arc<Heartbeat>) -> io::Result<std::thread::JoinHandle<()>> {
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&path)?;
-    // Only what happens from now on counts, but the sequence number of the last record
-    // there is is what tells, later, how many were lost: read through to the end once.
-    let last_seq = skip_to_end(&mut file)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?);
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))?;
-    std::thread::Builder::new().name("kmsg".into()).spawn(move || {
-        let _guard = hb.guard();
-        if let Err(e) = follow(file, last_seq, &sysfs, &tx, &hb) {
-            tracing::error!(path = %path.display(), error = %e, "kernel log source stopped");
+const RECORDS_PER_WAKE: usize = 4096;
+
+/// Follows the kernel log from its end, without blocking: the runner waits for it.
+pub struct KernelLog {
+    file: File,
+    sysfs: PathBuf,
+    /// The sequence number of the last record read: the next one's says how many were lost.
+    last_seq: Option<u64>,
+    /// The kernel overwrote records before they were read (`EPIPE`).
+    overrun: bool,
+    buf: Vec<u8>,
+}
+
+impl KernelLog {
+    pub fn open(path: &Path, sysfs: PathBuf) -> io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+        // Only what happens from now on counts, but the sequence number of the last record
+        // there is is what tells, later, how many were lost: read through to the end once.
+        let last_seq = skip_to_end(&mut file)?;
+        Ok(KernelLog { file, sysfs, last_seq, overrun: false, buf: vec![0u8; 8192] })
+    }
+}
+
+impl Source for KernelLog {
+    const NAME: &'static str = "kmsg";
+
+    fn wait(&self) -> Wait<'_> {
+        Wait::Ready(self.file.as_fd(), PollFlags::POLLIN)
+    }
+
+    /// Reads the records there are, one per read. At most `RECORDS_PER_WAKE`: a log that
+    /// floods faster than it is read makes many short wakes, not one that looks stalled.
+    fn wake(&mut self, _: PollFlags, tx: &Sender) -> Result<(), Stop> {
+        for _ in 0..RECORDS_PER_WAKE {
+            let n = match self.file.read(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => {
+                    self.overrun = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(record) = kmsg::parse_record(&self.buf[..n]) else { continue };
+            if let Some(last) = self.last_seq {
+                let lost = record.seq.saturating_sub(last + 1);
+                if lost > 0 {
+                    if self.overrun {
+                        tracing::warn!(
+                            lost,
+                            "fell behind the kernel log; records were overwritten before they were read"
+                        );
+                    }
+                    tx.send(Message::KmsgLost(lost))?;
+                }
+            }
+            self.overrun = false;
+            self.last_seq = Some(record.seq);
+            let Some(name) = kmsg::io_error_device(record.message) else { continue };
+            let Some(device) = device_of(&self.sysfs, name) else {
+                tracing::debug!(name, "I/O error on a device that is gone from sysfs");
+                continue;
+            };
+            tx.send(Message::IoError { device, received: Instant::now() })?;
         }
-    })
+        Ok(())
+    }
 }
 
 /// Reads (non-blocking) to the end of the log; the sequence number of the last record.
@@ -72,46 +127,6 @@ fn skip_to_end(file: &mut File) -> io::Result<Option<u64>> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(last),
             Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        }
-    }
-}
-
-fn follow(mut file: File, mut last_seq: Option<u64>, sysfs: &Path, tx: &Sender, hb: &Heartbeat) -> io::Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut overrun = false;
-    loop {
-        hb.idle();
-        let n = match file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => {
-                overrun = true;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hb.busy();
-        let Some(record) = kmsg::parse_record(&buf[..n]) else { continue };
-        if let Some(last) = last_seq {
-            let lost = record.seq.saturating_sub(last + 1);
-            if lost > 0 {
-                if overrun {
-                    tracing::warn!(lost, "fell behind the kernel log; records were overwritten before they were read");
-                }
-                if tx.send(Message::KmsgLost(lost)).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        overrun = false;
-        last_seq = Some(record.seq);
-        let Some(name) = kmsg::io_error_device(record.message) else { continue };
-        let Some(device) = device_of(sysfs, name) else {
-            tracing::debug!(name, "I/O error on a device that is gone from sysfs");
-            continue;
-        };
-        if tx.send(Message::IoError { device, received: Instant::now() }).is_err() {
-            return Ok(());
         }
     }
 }

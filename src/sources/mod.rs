@@ -1,13 +1,19 @@
 //! Sources: threads that watch the kernel and the kubelet tree and turn what they see into
 //! [`Observation`]s. They never decide. A loss anywhere (inotify queue overflow, netlink
-//! `ENOBUFS`, the tree appearing or disappearing) becomes one message: rescan.
+//! `ENOBUFS`, the tree appearing or disappearing, the engine's queue full) becomes one
+//! message: rescan. Each source is a [`runner::Source`]; [`runner::Sources`] runs them
+//! (thread, heartbeat, logs, stop) and [`channel`] carries what they send to the engine.
 
+pub mod channel;
 pub mod health;
 pub mod inotify;
 pub mod kmsg;
 pub mod mounts;
+pub mod runner;
 pub mod sysfs;
 pub mod uevents;
+
+pub use channel::{Receiver, Sender};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,15 +60,19 @@ pub enum RescanReason {
     UeventOverflow,
     /// The kubelet root went away.
     RootGone,
+    /// The engine's queue was full and reads were dropped. Last: when a source says what
+    /// it lost, its reason is the one counted.
+    QueueOverflow,
 }
 
 impl RescanReason {
-    pub const ALL: [RescanReason; 5] = [
+    pub const ALL: [RescanReason; 6] = [
         RescanReason::WatchesReady,
         RescanReason::Periodic,
         RescanReason::InotifyOverflow,
         RescanReason::UeventOverflow,
         RescanReason::RootGone,
+        RescanReason::QueueOverflow,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -72,11 +82,12 @@ impl RescanReason {
             RescanReason::InotifyOverflow => "inotify_overflow",
             RescanReason::UeventOverflow => "uevent_overflow",
             RescanReason::RootGone => "root_gone",
+            RescanReason::QueueOverflow => "queue_overflow",
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceKind {
     Inotify,
     Uevent,
@@ -120,8 +131,6 @@ pub enum Message {
     /// What the API server says about this node's objects (cluster mode).
     Cluster(Box<crate::model::ClusterView>),
 }
-
-pub type Sender = std::sync::mpsc::Sender<Message>;
 
 /// The result of reading everything once: what `scan` prints and a rescan applies.
 #[derive(Debug)]

@@ -7,12 +7,13 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollFlags;
 
-use super::health::Heartbeat;
+use super::runner::{Source, Stop, Wait};
 use super::{sysfs, Message, NodePaths, Sender, SeqClock, SourceKind};
 use crate::device::DevNum;
 use crate::inventory::Observation;
@@ -72,64 +73,55 @@ fn describe(at: Option<(DevNum, std::path::PathBuf)>) -> String {
     at.map_or("not covered by any mount".into(), |(dev, path)| format!("{} on device {dev}", path.display()))
 }
 
-/// Opens the mount table now, so that a wrong path is a start-up error, and follows it on
-/// a thread.
-pub fn spawn(
-    paths: NodePaths,
-    tx: Sender,
+/// Follows the mount table: the kernel signals a change with `POLLPRI`.
+pub struct MountTable {
+    file: File,
+    mount_root: PathBuf,
+    sysfs: PathBuf,
     clock: Arc<SeqClock>,
-    hb: Arc<Heartbeat>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let file = File::open(&paths.mountinfo)?;
-    std::thread::Builder::new().name("mountinfo".into()).spawn(move || {
-        let _guard = hb.guard();
-        if let Err(e) = follow(file, &paths.mountinfo_kubelet_root, &paths.sysfs, &tx, &clock, &hb) {
-            tracing::error!(path = %paths.mountinfo.display(), error = %e, "mount table source stopped");
-        }
-    })
+    text: Vec<u8>,
 }
 
-fn follow(
-    mut file: File,
-    mount_root: &Path,
-    sysfs: &Path,
-    tx: &Sender,
-    clock: &SeqClock,
-    hb: &Heartbeat,
-) -> io::Result<()> {
-    let mut text = Vec::new();
-    loop {
-        hb.idle();
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+impl MountTable {
+    pub fn open(paths: &NodePaths, clock: Arc<SeqClock>) -> io::Result<Self> {
+        Ok(MountTable {
+            file: File::open(&paths.mountinfo)?,
+            mount_root: paths.mountinfo_kubelet_root.clone(),
+            sysfs: paths.sysfs.clone(),
+            clock,
+            text: Vec::new(),
+        })
+    }
+}
+
+impl Source for MountTable {
+    const NAME: &'static str = "mountinfo";
+
+    fn wait(&self) -> Wait<'_> {
+        Wait::Ready(self.file.as_fd(), PollFlags::POLLPRI)
+    }
+
+    fn wake(&mut self, revents: PollFlags, tx: &Sender) -> Result<(), Stop> {
         // /proc/<pid>/mountinfo reports a change as POLLPRI|POLLERR. Anything else (a
         // FIFO's hang-up, say) would wake us forever: not a mount table; give up loudly.
-        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if !revents.intersects(PollFlags::POLLPRI | PollFlags::POLLERR) {
-            return Err(io::Error::other(format!(
+            return Err(Stop::Failed(io::Error::other(format!(
                 "cannot follow the mount table: poll answered {revents:?}, not POLLPRI"
-            )));
+            ))));
         }
-        hb.busy();
         let received = Instant::now();
-        let seq = clock.next();
-        text.clear();
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut text)?;
-        let (mounts, malformed) = relevant(&text, mount_root);
+        let seq = self.clock.next();
+        self.text.clear();
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut self.text)?;
+        let (mounts, malformed) = relevant(&self.text, &self.mount_root);
         if malformed > 0 {
             tracing::warn!(malformed, "mount table has lines that do not parse; skipped");
         }
-        let mut obs = sysfs::observe_devices(sysfs, seq, mounts.values().copied());
+        let mut obs = sysfs::observe_devices(&self.sysfs, seq, mounts.values().copied());
         obs.push(Observation::Mounts { seq, mounts });
-        let msg = Message::Observed { obs, source: SourceKind::Mountinfo, received, skipped: Vec::new() };
-        if tx.send(msg).is_err() {
-            return Ok(()); // the engine is gone: shutting down
-        }
+        tx.send(Message::Observed { obs, source: SourceKind::Mountinfo, received, skipped: Vec::new() })?;
+        Ok(())
     }
 }
 

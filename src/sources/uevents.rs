@@ -8,13 +8,14 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollFlags;
 
-use super::health::Heartbeat;
+use super::runner::{Source, Stop, Wait};
 use super::{Message, RescanReason, Sender, SeqClock, SourceKind};
 use crate::inventory::Observation;
 use crate::uevent::{self, UeventAction};
@@ -27,73 +28,49 @@ pub enum UeventSource {
     Udev,
 }
 
-/// Opens the monitor on its thread (libudev handles are not `Send`) and waits until it
-/// listens, so that a failure is a start-up error and a device event after this returns
-/// is not missed.
-pub fn spawn(
-    source: UeventSource,
-    receive_buffer: Option<usize>,
-    sysfs: std::path::PathBuf,
-    tx: Sender,
+/// The block uevent monitor. Its libudev handle is not `Send`: open it on the thread that
+/// follows it (the runner does).
+pub struct Uevents {
+    socket: udev::MonitorSocket,
+    sysfs: PathBuf,
     clock: Arc<SeqClock>,
-    hb: Arc<Heartbeat>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
-    let handle = std::thread::Builder::new().name("uevents".into()).spawn(move || {
-        let _guard = hb.guard();
-        let socket = match open(source, receive_buffer) {
-            Ok(s) => {
-                let _ = ready_tx.send(Ok(()));
-                s
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
+}
+
+impl Uevents {
+    /// Listens from now on.
+    pub fn open(
+        source: UeventSource,
+        receive_buffer: Option<usize>,
+        sysfs: PathBuf,
+        clock: Arc<SeqClock>,
+    ) -> std::io::Result<Self> {
+        let builder = match source {
+            UeventSource::Kernel => udev::MonitorBuilder::new_kernel()?,
+            UeventSource::Udev => udev::MonitorBuilder::new()?,
         };
-        if let Err(e) = follow(&socket, &sysfs, &tx, &clock, &hb) {
-            tracing::error!(error = %e, "uevent source stopped");
+        let socket = builder.match_subsystem("block")?.listen()?;
+        if let Some(bytes) = receive_buffer {
+            // FORCE lets root go past rmem_max; the plain one works without CAP_NET_ADMIN.
+            use nix::sys::socket::{setsockopt, sockopt};
+            setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &bytes)
+                .or_else(|_| setsockopt(&socket.as_fd(), sockopt::RcvBuf, &bytes))
+                .map_err(std::io::Error::from)?;
         }
-    })?;
-    ready_rx.recv().map_err(|_| std::io::Error::other("uevent thread ended before listening"))??;
-    Ok(handle)
-}
-
-fn open(source: UeventSource, receive_buffer: Option<usize>) -> std::io::Result<udev::MonitorSocket> {
-    let builder = match source {
-        UeventSource::Kernel => udev::MonitorBuilder::new_kernel()?,
-        UeventSource::Udev => udev::MonitorBuilder::new()?,
-    };
-    let socket = builder.match_subsystem("block")?.listen()?;
-    if let Some(bytes) = receive_buffer {
-        // FORCE lets root go past rmem_max; the plain one works without CAP_NET_ADMIN.
-        use nix::sys::socket::{setsockopt, sockopt};
-        setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &bytes)
-            .or_else(|_| setsockopt(&socket.as_fd(), sockopt::RcvBuf, &bytes))
-            .map_err(std::io::Error::from)?;
+        Ok(Uevents { socket, sysfs, clock })
     }
-    Ok(socket)
 }
 
-fn follow(
-    socket: &udev::MonitorSocket,
-    sysfs: &std::path::Path,
-    tx: &Sender,
-    clock: &SeqClock,
-    hb: &Heartbeat,
-) -> std::io::Result<()> {
-    loop {
-        hb.idle();
-        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        hb.busy();
-        for event in socket.iter() {
+impl Source for Uevents {
+    const NAME: &'static str = "uevents";
+
+    fn wait(&self) -> Wait<'_> {
+        Wait::Ready(self.socket.as_fd(), PollFlags::POLLIN)
+    }
+
+    fn wake(&mut self, _: PollFlags, tx: &Sender) -> Result<(), Stop> {
+        for event in self.socket.iter() {
             let received = Instant::now();
-            let seq = clock.next();
+            let seq = self.clock.next();
             let props: Vec<(OsString, OsString)> =
                 event.device().properties().map(|p| (p.name().to_owned(), p.value().to_owned())).collect();
             let parsed = uevent::from_properties(props.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
@@ -110,24 +87,18 @@ fn follow(
             // event that does not say is read back from sysfs.
             let identity = match present {
                 false => None,
-                true => ev.identity().or_else(|| super::sysfs::identity(sysfs, ev.device)),
+                true => ev.identity().or_else(|| super::sysfs::identity(&self.sysfs, ev.device)),
             };
             let obs = Observation::Device { seq, device: ev.device, present, identity };
-            if tx
-                .send(Message::Observed { obs: vec![obs], source: SourceKind::Uevent, received, skipped: Vec::new() })
-                .is_err()
-            {
-                return Ok(());
-            }
+            tx.send(Message::Observed { obs: vec![obs], source: SourceKind::Uevent, received, skipped: Vec::new() })?;
         }
         // libudev returns no event on error and leaves errno set: ENOBUFS means the kernel
         // dropped messages because our buffer was full.
         if Errno::last() == Errno::ENOBUFS {
             Errno::clear();
             tracing::warn!("uevent receive buffer overflowed; events were lost, rescanning");
-            if tx.send(Message::Rescan(RescanReason::UeventOverflow)).is_err() {
-                return Ok(());
-            }
+            tx.send(Message::Rescan(RescanReason::UeventOverflow))?;
         }
+        Ok(())
     }
 }
