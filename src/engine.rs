@@ -9,7 +9,6 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::events::VmiEvent;
 use crate::device::DevNum;
 use crate::feed::Feed;
 use crate::inventory::{Inventory, Observation};
@@ -22,6 +21,9 @@ use crate::sources::channel::{Batch, Receiver};
 use crate::sources::health::{Health, Heartbeat};
 use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
 use crate::verdict::{rejudge, Transitions, VolumeKey, VolumeState};
+
+/// Takes a notice about a VMI the API knows; must not block (the cluster side queues it).
+pub type NoticeSink = Box<dyn Fn(&VmiRef, Notice) + Send>;
 
 pub struct Engine {
     paths: NodePaths,
@@ -43,7 +45,8 @@ pub struct Engine {
     scan_failure_logged: bool,
     /// Cluster mode: each launcher pod's VMI, and where Events go.
     vmis: BTreeMap<PodUid, VmiRef>,
-    events: Option<crate::cluster::events::EventSender>,
+    /// Cluster mode: where notices about a known VMI go (to become Events).
+    notice_sink: Option<NoticeSink>,
     /// `/watch` readers.
     feed: Feed,
     /// Volumes that are gone, since when, and the labels of their counters: removed from
@@ -78,7 +81,7 @@ impl Engine {
             pending_since: HashMap::new(),
             scan_failure_logged: false,
             vmis: BTreeMap::new(),
-            events: None,
+            notice_sink: None,
             feed: Feed::default(),
             gone: HashMap::new(),
             gone_series_for: Duration::from_secs(600),
@@ -99,8 +102,8 @@ impl Engine {
     }
 
     /// Cluster mode: notices also become Events on the VMI.
-    pub fn with_events(mut self, events: crate::cluster::events::EventSender) -> Self {
-        self.events = Some(events);
+    pub fn with_notice_sink(mut self, sink: NoticeSink) -> Self {
+        self.notice_sink = Some(sink);
         self
     }
 
@@ -384,13 +387,8 @@ impl Engine {
         } else {
             tracing::info!(reason = n.kind.reason(), launcher_pod_uid = %n.launcher, ?namespace, vmi = ?name, "{}", n.message);
         }
-        if let (Some(events), Some(vmi)) = (&self.events, vmi) {
-            events.send(VmiEvent {
-                vmi: vmi.clone(),
-                warning: n.kind.is_warning(),
-                reason: n.kind.reason(),
-                note: n.message,
-            });
+        if let (Some(sink), Some(vmi)) = (&self.notice_sink, vmi) {
+            sink(vmi, n);
         }
     }
 }

@@ -154,7 +154,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
             let (events_tx, events_rx) = cluster::events::EventSender::channel(metrics.events_total.clone());
             let events_tx_for_status = events_tx.clone();
-            engine = engine.with_events(events_tx);
+            engine = engine.with_notice_sink(Box::new(move |vmi, n| {
+                events_tx.send(cluster::events::VmiEvent {
+                    vmi: vmi.clone(),
+                    warning: n.kind.is_warning(),
+                    reason: n.kind.reason(),
+                    note: n.message,
+                })
+            }));
             let condition_failures = cluster::write_health::WriteHealth::new(
                 cluster::write_health::POD_CONDITIONS,
                 health.clone(),

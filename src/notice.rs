@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::layout::PodUid;
+use crate::model::PodUid;
 use crate::verdict::{AttachmentVerdict, HandoffReason, Transitions, Verdicts, VolumeState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 
 use crate::layout::Skipped;
+
 use crate::model::{PodNames, PodUid, VolumeKey};
 use crate::verdict::Verdicts;
 
