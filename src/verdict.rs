@@ -320,7 +320,13 @@ pub fn rejudge(prev: &Verdicts, inv: &Inventory, changes: &Changes) -> Option<(V
         next.insert(new);
     }
     let mut out = Transitions::default();
-    diff_into(&mut out, &before.volumes, &after.volumes, &before.attachment_pods, &after.attachment_pods);
+    diff_into(
+        &mut out,
+        before.volumes.iter(),
+        after.volumes.iter(),
+        before.attachment_pods.iter(),
+        after.attachment_pods.iter(),
+    );
     (next != *prev).then_some((next, out))
 }
 
@@ -634,34 +640,27 @@ impl Transitions {
 /// line, a counter or (in cluster mode) a write.
 pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
     let mut out = Transitions::default();
-    let (ov, nv): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        (old.volumes.clone().into_iter().collect(), new.volumes.clone().into_iter().collect());
-    let (oa, na): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        (old.attachment_pods.clone().into_iter().collect(), new.attachment_pods.clone().into_iter().collect());
-    diff_into(&mut out, &ov, &nv, &oa, &na);
+    diff_into(&mut out, old.volumes.iter(), new.volumes.iter(), old.attachment_pods.iter(), new.attachment_pods.iter());
     out
 }
 
-/// Appends what changed between two judgments of the same volumes and pods.
-fn diff_into(
+/// Appends what changed between two judgments of the same volumes and pods (each given
+/// in key order, as every map here iterates).
+fn diff_into<'a>(
     out: &mut Transitions,
-    old_volumes: &BTreeMap<VolumeKey, VolumeVerdict>,
-    new_volumes: &BTreeMap<VolumeKey, VolumeVerdict>,
-    old_pods: &BTreeMap<PodUid, AttachmentVerdict>,
-    new_pods: &BTreeMap<PodUid, AttachmentVerdict>,
+    old_volumes: impl Iterator<Item = (&'a VolumeKey, &'a VolumeVerdict)>,
+    new_volumes: impl Iterator<Item = (&'a VolumeKey, &'a VolumeVerdict)>,
+    old_pods: impl Iterator<Item = (&'a PodUid, &'a AttachmentVerdict)>,
+    new_pods: impl Iterator<Item = (&'a PodUid, &'a AttachmentVerdict)>,
 ) {
-    let keys: BTreeSet<&VolumeKey> = old_volumes.keys().chain(new_volumes.keys()).collect();
-    for key in keys {
-        let (a, b) = (old_volumes.get(key), new_volumes.get(key));
+    for (key, a, b) in merge_join(old_volumes, new_volumes) {
         let (from, to) = (a.map(|v| v.state), b.map(|v| v.state));
         if from != to {
             let device = b.or(a).and_then(|v| v.device);
             out.volumes.push(VolumeTransition { key: key.clone(), from, to, device });
         }
     }
-    let pods: BTreeSet<&PodUid> = old_pods.keys().chain(new_pods.keys()).collect();
-    for pod in pods {
-        let (a, b) = (old_pods.get(pod), new_pods.get(pod));
+    for (pod, a, b) in merge_join(old_pods, new_pods) {
         if a == b {
             continue;
         }
@@ -671,6 +670,30 @@ fn diff_into(
             out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
         }
     }
+}
+
+/// Walks two key-ordered sequences together: each key once, with its value on each side.
+fn merge_join<'a, K: Ord + 'a, V: 'a>(
+    a: impl Iterator<Item = (&'a K, &'a V)>,
+    b: impl Iterator<Item = (&'a K, &'a V)>,
+) -> impl Iterator<Item = (&'a K, Option<&'a V>, Option<&'a V>)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        Some(match order {
+            std::cmp::Ordering::Less => a.next().map(|(k, v)| (k, Some(v), None))?,
+            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k, None, Some(v)))?,
+            std::cmp::Ordering::Equal => {
+                let ((k, va), (_, vb)) = (a.next()?, b.next()?);
+                (k, Some(va), Some(vb))
+            }
+        })
+    })
 }
 
 #[cfg(test)]
