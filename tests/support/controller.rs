@@ -102,12 +102,22 @@ pub fn grant_identities(cp: &ControlPlane) {
 /// probe's refusals are counted in the API server's metrics too: compare differences.
 pub fn install_hold_policy(cp: &ControlPlane) {
     grant_identities(cp);
+    enforce_hold_policy(cp);
+}
+
+/// Installs deploy/handoff-hold-policy.yaml and waits until it is enforced, as
+/// `install_hold_policy`, for a control plane where KubeVirt's controller already has its
+/// own RBAC (the conformance lane installs KubeVirt's).
+pub fn enforce_hold_policy(cp: &ControlPlane) {
     cp.rt.block_on(cp.apply("deploy/handoff-hold-policy.yaml"));
     let controller = cp.client_as(CONTROLLER_USER);
     cp.rt.block_on(async {
         let pp = PostParams::default();
         let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin.clone());
         let _ = nss.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "hold-probe"}})).unwrap()).await;
+        // With the ServiceAccount admission plugin on, a pod needs its ServiceAccount.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(cp.admin.clone(), "hold-probe");
+        let _ = sas.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap()).await;
         let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "hold-probe");
         let probe: Pod = serde_json::from_value(json!({
             "metadata": {"name": "hp-volume-probe", "labels": {"kubevirt.io": "hotplug-disk"}},
