@@ -805,26 +805,12 @@ impl Scenario {
         volume_state(&self.agent.report(), &self.launcher.1, "disk1")
     }
 
-    /// The core/v1 Events on the VMI by reason: (summed count, messages).
     fn vmi_events(&self) -> BTreeMap<String, (i32, BTreeSet<String>)> {
-        let events: Api<Event> = Api::namespaced(self.cp.admin.clone(), NS);
-        let mut out: BTreeMap<String, (i32, BTreeSet<String>)> = BTreeMap::new();
-        for e in self.cp.rt.block_on(events.list(&ListParams::default())).unwrap().items {
-            if e.involved_object.name.as_deref() != Some(VM) {
-                continue;
-            }
-            let entry = out.entry(e.reason.unwrap_or_default()).or_default();
-            entry.0 += e.count.unwrap_or(1);
-            entry.1.insert(e.message.unwrap_or_default());
-        }
-        out
+        vmi_events(&self.cp)
     }
 
     fn print_events(&self) {
-        println!("  Events on VMI {VM}:");
-        for (reason, (count, messages)) in self.vmi_events() {
-            println!("    {reason} x{count}: {}", messages.into_iter().collect::<Vec<_>>().join(" | "));
-        }
+        print_events(&self.cp)
     }
 
     fn synchronized(&self) -> Option<(String, String, String)> {
@@ -849,6 +835,28 @@ async fn create_core(cp: &ControlPlane, kind: &'static str, v: Value) {
         if namespaced { Api::namespaced_with(cp.admin.clone(), NS, &ar) } else { Api::all_with(cp.admin.clone(), &ar) };
     let obj: DynamicObject = serde_json::from_value(v).unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("create {kind}: {e}"));
+}
+
+/// The core/v1 Events on the VMI by reason: (summed count, messages).
+fn vmi_events(cp: &ControlPlane) -> BTreeMap<String, (i32, BTreeSet<String>)> {
+    let events: Api<Event> = Api::namespaced(cp.admin.clone(), NS);
+    let mut out: BTreeMap<String, (i32, BTreeSet<String>)> = BTreeMap::new();
+    for e in cp.rt.block_on(events.list(&ListParams::default())).unwrap().items {
+        if e.involved_object.name.as_deref() != Some(VM) {
+            continue;
+        }
+        let entry = out.entry(e.reason.unwrap_or_default()).or_default();
+        entry.0 += e.count.unwrap_or(1);
+        entry.1.insert(e.message.unwrap_or_default());
+    }
+    out
+}
+
+fn print_events(cp: &ControlPlane) {
+    println!("  Events on VMI {VM}:");
+    for (reason, (count, messages)) in vmi_events(cp) {
+        println!("    {reason} x{count}: {}", messages.into_iter().collect::<Vec<_>>().join(" | "));
+    }
 }
 
 /// DELETE requests on pods the API server answered with `code`.
@@ -1014,6 +1022,51 @@ fn gated_holds_a_sole_backer() {
     assert!(s.vmi_events().contains_key("HandoffUnsafe"), "a HandoffUnsafe Warning on the VMI");
     assert_eq!(s.disk1_state().as_deref(), Some("ready"));
     assert_eq!(s.disk1_vanished(), None);
+}
+
+/// v1.9.0 with the gate, a new device per pod, and the agent gone: the gate's table lets the
+/// delete through once no live agent stands behind the False and the agent deadline (15 s
+/// here, 5 min by default) has passed since the lease expired; the disk then goes.
+#[test]
+fn gated_releases_a_dead_agents_pod_after_the_deadline() {
+    if !require_root("gated_releases_a_dead_agents_pod_after_the_deadline") {
+        return;
+    }
+    let lane = lane();
+    let s = Scenario::setup(&lane.gated, "gated", Devices::PerPod, false, &["--hotplug-watchdog-agent-deadline", "15s"]);
+    let new = s.hotplug_disk2();
+    wait_for("the gate holding the old pod (HandoffUnsafe)", WAIT, || {
+        s.vmi_events().contains_key("HandoffUnsafe").then_some(())
+    });
+    s.t.say("virt-controller", format!("holds {} (HandoffUnsafe, agent lease Alive)", s.old));
+    // No method of `s` after this: the agent is moved out to stop it.
+    let Scenario { t, agent, node, ctl, cp, launcher, old } = s;
+    let stopped = Instant::now();
+    let status = agent.terminate();
+    t.say("agent", format!("stopped ({status}): its Lease is no longer renewed"));
+    let gone = wait_for("the old attachment pod deleted past the agent deadline", Duration::from_secs(150), || {
+        node.gone_at(&old)
+    });
+    t.say(
+        "result",
+        format!("{old} deleted {:.1} s after the agent stopped ({new} kept)", gone.duration_since(stopped).as_secs_f64()),
+    );
+    for l in ctl.log_lines(&format!("Not deleting attachment pod {old}")).iter().rev().take(1) {
+        println!("  virt-controller log (last hold): {l}");
+    }
+    print_events(&cp);
+    let events = vmi_events(&cp);
+    let anyway = events.get("AgentDeadlineExceeded").expect("an AgentDeadlineExceeded Warning");
+    assert!(anyway.1.iter().any(|m| m.starts_with(&format!("Deleting attachment pod {old} anyway"))), "{anyway:?}");
+    assert!(events.get("SuccessfulDelete").is_some_and(|e| e.1.contains(&format!("Deleted attachment pod {old}"))));
+    assert!(support::kubevirt::pod_exists(&cp, NS, &new));
+    // An agent started again finds the launcher's disk1 node pointing at a torn-down device.
+    let agent = Agent::start_cluster(&node.tree.root, &cp.agent_kubeconfig(NODE), NODE, &["--log-level", "warn"]);
+    agent.wait_volume(&launcher.1, "disk1", Some("vanished"));
+    t.say("agent", "started again: disk1 vanished");
+    // The order Scenario's fields drop in: the control plane last.
+    drop((agent, node, ctl));
+    drop(cp);
 }
 
 /// v1.9.0 with the gate, one shared device: held until the agent's condition turns True,
