@@ -72,7 +72,8 @@ struct Lane {
 fn lane() -> Lane {
     let var = |k: &str| {
         let p = PathBuf::from(
-            std::env::var(k).unwrap_or_else(|_| panic!("{k} is unset: run scripts/conformance <kubevirt-v1.9.0-checkout>")),
+            std::env::var(k)
+                .unwrap_or_else(|_| panic!("{k} is unset: run scripts/conformance <kubevirt-v1.9.0-checkout>")),
         );
         assert!(p.is_file(), "{k}={}: no such file (run scripts/conformance)", p.display());
         p
@@ -464,7 +465,11 @@ async fn tick(client: &Client, t: &Timeline, state: &Mutex<NodeState>) -> Result
                     }
                 }
             }
-            let what = if torn.is_empty() { "nothing torn down".to_string() } else { format!("tore down {}", torn.join(", ")) };
+            let what = if torn.is_empty() {
+                "nothing torn down".to_string()
+            } else {
+                format!("tore down {}", torn.join(", "))
+            };
             t.say("kubelet/storage", format!("{} gone: its directories removed; {what}", started.name));
         }
     }
@@ -694,10 +699,16 @@ impl Scenario {
         println!("\n=== {label}, {devices:?} devices{}", if hold { ", handoff hold installed" } else { "" });
         let cp = ControlPlane::start_with_service_account_admission();
         install_kubevirt(&cp, &lane.objects);
-        t.say("setup", "kube-apiserver + etcd; KubeVirt v1.9.0's CRDs, PriorityClass, virt-controller RBAC, KubeVirt CR");
+        t.say(
+            "setup",
+            "kube-apiserver + etcd; KubeVirt v1.9.0's CRDs, PriorityClass, virt-controller RBAC, KubeVirt CR",
+        );
         if binary == lane.gated {
             cp.rt.block_on(cp.apply("contrib/kubevirt/deploy/virt-controller-lease-reader.yaml"));
-            t.say("setup", "contrib/kubevirt/deploy/virt-controller-lease-reader.yaml (the gate reads the agents' leases)");
+            t.say(
+                "setup",
+                "contrib/kubevirt/deploy/virt-controller-lease-reader.yaml (the gate reads the agents' leases)",
+            );
         }
         if hold {
             controller::enforce_hold_policy(&cp);
@@ -706,23 +717,37 @@ impl Scenario {
         cp.rt.block_on(async {
             let create = |kind: &'static str, v: Value| create_core(&cp, kind, v);
             // The node as kubelet and virt-handler label it.
-            create("Node", json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE,
-                "labels": {"kubernetes.io/hostname": NODE, "kubevirt.io/schedulable": "true"}}}))
+            create(
+                "Node",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE,
+                "labels": {"kubernetes.io/hostname": NODE, "kubevirt.io/schedulable": "true"}}}),
+            )
             .await;
             create("Namespace", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})).await;
             // kube-controller-manager's ServiceAccount controller: every namespace has "default".
-            create("ServiceAccount", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}))
-                .await;
+            create(
+                "ServiceAccount",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+            )
+            .await;
             // The PVCs, bound (the PV controller's part) and block-mode.
             for v in ["rootdisk", "disk1", "disk2"] {
-                create("PersistentVolumeClaim", json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                create(
+                    "PersistentVolumeClaim",
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": format!("pvc-{v}")},
                     "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block", "storageClassName": "",
-                        "volumeName": format!("pv-{v}"), "resources": {"requests": {"storage": "1Gi"}}}}))
+                        "volumeName": format!("pv-{v}"), "resources": {"requests": {"storage": "1Gi"}}}}),
+                )
                 .await;
-                let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(cp.admin.clone(), NS);
-                pvcs.patch_status(&format!("pvc-{v}"), &PatchParams::default(), &Patch::Merge(json!({"status": {
-                    "phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}})))
+                let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                    Api::namespaced(cp.admin.clone(), NS);
+                pvcs.patch_status(
+                    &format!("pvc-{v}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                    "phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}})),
+                )
                 .await
                 .unwrap();
             }
@@ -887,7 +912,11 @@ fn released_deletes_the_old_pod_and_the_disk_vanishes() {
     let gone = wait_for("the old attachment pod deleted", WAIT, || s.node.gone_at(&s.old));
     s.t.say(
         "result",
-        format!("{} deleted {:.0} ms after {new} ran (100 ms polling)", s.old, gone.duration_since(running).as_secs_f64() * 1e3),
+        format!(
+            "{} deleted {:.0} ms after {new} ran (100 ms polling)",
+            s.old,
+            gone.duration_since(running).as_secs_f64() * 1e3
+        ),
     );
     s.agent.wait_volume(&s.launcher.1, "disk1", Some("vanished"));
     s.agent.wait_until("HotplugDeviceVanished on the VMI", WAIT, |_| {
@@ -1033,7 +1062,8 @@ fn gated_releases_a_dead_agents_pod_after_the_deadline() {
         return;
     }
     let lane = lane();
-    let s = Scenario::setup(&lane.gated, "gated", Devices::PerPod, false, &["--hotplug-watchdog-agent-deadline", "15s"]);
+    let s =
+        Scenario::setup(&lane.gated, "gated", Devices::PerPod, false, &["--hotplug-watchdog-agent-deadline", "15s"]);
     let new = s.hotplug_disk2();
     wait_for("the gate holding the old pod (HandoffUnsafe)", WAIT, || {
         s.vmi_events().contains_key("HandoffUnsafe").then_some(())
@@ -1049,7 +1079,10 @@ fn gated_releases_a_dead_agents_pod_after_the_deadline() {
     });
     t.say(
         "result",
-        format!("{old} deleted {:.1} s after the agent stopped ({new} kept)", gone.duration_since(stopped).as_secs_f64()),
+        format!(
+            "{old} deleted {:.1} s after the agent stopped ({new} kept)",
+            gone.duration_since(stopped).as_secs_f64()
+        ),
     );
     for l in ctl.log_lines(&format!("Not deleting attachment pod {old}")).iter().rev().take(1) {
         println!("  virt-controller log (last hold): {l}");

@@ -209,17 +209,22 @@ pub async fn set_pod_phase_async(cp: &ControlPlane, ns: &str, pod: &str, phase: 
                     "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}})
             })
             .collect();
-        let conditions: Vec<_> = ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"]
-            .iter()
-            .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
-            .collect();
+        let conditions: Vec<_> =
+            ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"]
+                .iter()
+                .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+                .collect();
         json!({"phase": phase, "startTime": now, "conditions": conditions, "containerStatuses": containers})
     } else {
         json!({"phase": phase})
     };
-    pods.patch_status(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&json!({"status": status})))
-        .await
-        .unwrap();
+    pods.patch_status(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&json!({"status": status})),
+    )
+    .await
+    .unwrap();
 }
 
 pub fn set_pod_phase(cp: &ControlPlane, ns: &str, pod: &str, phase: &str) {

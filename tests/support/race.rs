@@ -262,7 +262,11 @@ fn report_controller(t: &Timeline, s: &Stats, devices_appeared: Instant) {
             format!("DELETE {OLD} (grace period 0, {}) refused by the API server:", first.path),
         );
         t.say_at(first.at, "", format!("  {}", first.refused.as_deref().unwrap_or_default()));
-        t.say_at(first.at, "controller", "FailedDelete Event, requeue with backoff (the refusal in its log, not on the VMI)");
+        t.say_at(
+            first.at,
+            "controller",
+            "FailedDelete Event, requeue with backoff (the refusal in its log, not on the VMI)",
+        );
     }
     if let (Some(first), Some(last)) = (refused.first(), refused.last()) {
         if refused.len() > 1 {
