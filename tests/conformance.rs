@@ -380,23 +380,13 @@ fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// The status the kubelet writes for a started pod.
+/// The status the kubelet writes for a started pod (support/kubevirt.rs), with its IPs.
 fn running_status(pod: &Pod, ip: &str) -> Value {
-    let now = now_rfc3339();
-    let spec = pod.spec.as_ref().unwrap();
-    let containers: Vec<Value> = spec
-        .containers
-        .iter()
-        .map(|c| {
-            json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
-                "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}})
-        })
-        .collect();
-    let condition = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-    json!({"status": {"phase": "Running", "startTime": now, "hostIP": "10.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}],
-        "conditions": [condition("PodReadyToStartContainers"), condition("Initialized"), condition("ContainersReady"),
-            condition("Ready"), condition("PodScheduled")],
-        "containerStatuses": containers}})
+    let mut status = support::kubevirt::kubelet_running_status(pod);
+    status["hostIP"] = json!("10.0.0.1");
+    status["podIP"] = json!(ip);
+    status["podIPs"] = json!([{"ip": ip}]);
+    json!({"status": status})
 }
 
 /// The status the kubelet writes when the launcher's containers exited 0.

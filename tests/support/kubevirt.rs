@@ -191,30 +191,34 @@ pub async fn create_hp_pod(
     pods.create(&PostParams::default(), &pod).await.unwrap().metadata.uid.unwrap()
 }
 
-/// Sets a pod's phase as the kubelet would. `Running` writes what a kubelet writes for a
-/// started pod: the kubelet's conditions `True` with their transition time, and a running,
-/// ready status per container. KubeVirt's controller reads the container statuses: it
-/// takes an attachment pod as attached only when its one container status is ready
-/// (`processHotplugVolumeStatus`), as the conformance lane showed (docs/conformance.md).
+/// What a kubelet writes for a started pod: phase `Running`, its conditions `True` with
+/// their transition time, and a running, ready status per container. KubeVirt's controller
+/// reads the container statuses: it takes an attachment pod as attached only when its one
+/// container status is ready (`processHotplugVolumeStatus`), as the conformance lane showed
+/// (docs/conformance.md).
+pub fn kubelet_running_status(pod: &Pod) -> serde_json::Value {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let containers: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| {
+            json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
+                "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}})
+        })
+        .collect();
+    let conditions: Vec<_> = ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"]
+        .iter()
+        .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+        .collect();
+    json!({"phase": "Running", "startTime": now, "conditions": conditions, "containerStatuses": containers})
+}
+
+/// Sets a pod's phase as the kubelet would; `Running` as `kubelet_running_status` says.
 pub async fn set_pod_phase_async(cp: &ControlPlane, ns: &str, pod: &str, phase: &str) {
     let pods = Api::<Pod>::namespaced(cp.admin.clone(), ns);
     let status = if phase == "Running" {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let spec = pods.get(pod).await.unwrap().spec.unwrap_or_default();
-        let containers: Vec<_> = spec
-            .containers
-            .iter()
-            .map(|c| {
-                json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
-                    "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}})
-            })
-            .collect();
-        let conditions: Vec<_> =
-            ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"]
-                .iter()
-                .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
-                .collect();
-        json!({"phase": phase, "startTime": now, "conditions": conditions, "containerStatuses": containers})
+        kubelet_running_status(&pods.get(pod).await.unwrap())
     } else {
         json!({"phase": phase})
     };
