@@ -2,8 +2,8 @@
 //! on a real kube-apiserver with real loop devices and the real agent, against KubeVirt's
 //! own delete call: support/controller.rs imitates KubeVirt v1.9.0's controller, which
 //! deletes as `system:serviceaccount:kubevirt:kubevirt-controller` (impersonated here), by
-//! name, with grace period 0, and on refusal records FailedDelete, sets the VMI's
-//! Synchronized condition and retries with client-go's backoff.
+//! name, with grace period 0, and on refusal records FailedDelete and retries with
+//! client-go's backoff (the VMI's Synchronized condition only when it is not Running).
 //!
 //! What is shown, each test able to fail; no timed assertions (waits are bounded, figures
 //! are printed):
@@ -252,11 +252,10 @@ fn a_new_device_per_pod_is_held_and_the_operator_sees_why() {
     for needle in ["disk1", device.as_str(), "docs/alerts.md#hotplugattachmentpodheld", "vms/hp-volume-aaaaa"] {
         assert!(first.contains(needle), "the refusal does not name {needle}: {first}");
     }
-    // ...so does the VMI's Synchronized condition KubeVirt sets from the error...
-    let (status, reason, message) = synchronized(&s.cp, &s.vm).expect("Synchronized on the VMI");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "FailedDelete"));
-    assert!(message.contains("SoleBacker") && message.contains(&device), "{message}");
-    // ...and the pod's own condition; KubeVirt's Event says only that the delete failed.
+    // ...(v1.9.0 logs it, but does not set the Synchronized condition of a Running VMI:
+    // docs/conformance.md)...
+    assert_eq!(synchronized(&s.cp, &s.vm), None, "no Synchronized condition on a Running VMI");
+    // ...and the pod's own condition says it; KubeVirt's Event says only that the delete failed.
     assert_eq!(handoff_condition(&s.cp, NS, OLD), Some(("False".into(), "SoleBacker".into())));
     let failed = ("Warning".to_string(), "FailedDelete".to_string(), format!("Failed to delete attachment pod {OLD}"));
     assert_eq!(stats.events.get(&failed).copied(), Some(refusals as u32), "{:?}", stats.events);

@@ -38,9 +38,10 @@ fn todays_rule_with_the_hold_keeps_the_disk() {
         assert!(message.contains("SoleBacker") && message.contains("disk1"), "{message}");
     }
     assert!(o.failed_delete_events() >= 1);
-    let (status, reason, message) = o.synchronized.clone().expect("the VMI's Synchronized condition");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "FailedDelete"));
-    assert!(message.contains("hotplug-watchdog-handoff-hold") && message.contains("SoleBacker"), "{message}");
+    // v1.9.0 does not put a sync error of a Running VMI in its Synchronized condition
+    // (docs/conformance.md): the refusal shows in the controller's log and the API server's
+    // counters, not on the VMI.
+    assert_eq!(o.synchronized, None);
     assert_eq!(o.disk1_state.as_deref(), Some("ready"));
     assert_eq!((o.vanished, o.vanished_events), (None, 0));
 }

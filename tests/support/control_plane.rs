@@ -118,6 +118,8 @@ pub struct ControlPlane {
     etcd: Option<Child>,
     apiserver: Option<Child>,
     etcd_url: String,
+    /// Whether the API server runs the ServiceAccount admission plugin (off by default).
+    service_account_admission: bool,
     pub port: u16,
     pub rt: tokio::runtime::Runtime,
     pub admin: Client,
@@ -125,6 +127,20 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With the ServiceAccount admission plugin on, as a real cluster runs it: a pod that
+    /// does not opt out gets the projected token volume (`kube-api-access-*`), which
+    /// KubeVirt's controller counts on when it compares an attachment pod's volumes with
+    /// the VMI's ("-2" in `podVolumesMatchesReadyVolumes`). The plugin refuses a pod whose
+    /// ServiceAccount does not exist: whoever creates pods in a namespace first creates its
+    /// `default` ServiceAccount, as kube-controller-manager would.
+    pub fn start_with_service_account_admission() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(service_account_admission: bool) -> Self {
         let bin = binaries();
         let dir = tempfile::tempdir().unwrap();
         make_pki(&dir.path().join("pki"));
@@ -148,7 +164,17 @@ impl ControlPlane {
         let port = free_port();
         let kubeconfig = write_kubeconfig(dir.path(), port, None);
         let admin = rt.block_on(client_from(&kubeconfig));
-        let mut cp = ControlPlane { dir, bin, etcd: Some(etcd), apiserver: None, etcd_url, port, rt, admin };
+        let mut cp = ControlPlane {
+            dir,
+            bin,
+            etcd: Some(etcd),
+            apiserver: None,
+            etcd_url,
+            service_account_admission,
+            port,
+            rt,
+            admin,
+        };
         cp.start_apiserver();
         cp.install_fixtures();
         cp
@@ -174,7 +200,7 @@ impl ControlPlane {
             .arg(format!("--service-account-key-file={}", self.pki("sa.pub")))
             .arg(format!("--service-account-signing-key-file={}", self.pki("sa.key")))
             .arg(format!("--client-ca-file={}", self.pki("ca.crt")))
-            .arg("--disable-admission-plugins=ServiceAccount")
+            .args((!self.service_account_admission).then_some("--disable-admission-plugins=ServiceAccount"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -335,6 +361,23 @@ impl ControlPlane {
             let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
             self.admin.request_text(req).await.expect("GET /metrics")
         })
+    }
+
+    /// The control plane's temp directory (its logs, kubeconfigs and PKI live there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A kubeconfig that authenticates as admin and acts as `user` (impersonation), for a
+    /// program of its own such as KubeVirt's virt-controller.
+    pub fn kubeconfig_as(&self, user: &str, file: &str) -> PathBuf {
+        let admin = fs::read_to_string(self.admin_kubeconfig()).unwrap();
+        let key = format!("    client-key: {}\n", self.pki("admin.key"));
+        assert!(admin.contains(&key), "the admin kubeconfig names its client key");
+        let text = admin.replace(&key, &format!("{key}    as: {user}\n"));
+        let path = self.dir.path().join(file);
+        fs::write(&path, text).unwrap();
+        path
     }
 
     /// The admin (system:masters) kubeconfig, for kubectl.

@@ -2,8 +2,8 @@
 //! devices while the real agent watches (cluster mode). This module plays everyone else:
 //! - KubeVirt's controller: support/controller.rs, an imitation of v1.9.0's attachment-pod
 //!   cleanup that deletes as KubeVirt does (its ServiceAccount through impersonation, by
-//!   name, grace period 0; on refusal a FailedDelete Event, the VMI's Synchronized
-//!   condition and a requeue with client-go's backoff). `Rule::Today` is v1.9.0 as
+//!   name, grace period 0; on refusal a FailedDelete Event (the VMI's Synchronized
+//!   condition only when it is not Running) and a requeue with client-go's backoff). `Rule::Today` is v1.9.0 as
 //!   released; `Rule::TodayWithHold` is the same controller, unmodified, with
 //!   deploy/handoff-hold-policy.yaml installed in the API server; `Rule::Gated` is v1.9.0
 //!   with contrib/kubevirt's gate, whose actual rules decide through `gate-decide`. The
@@ -262,7 +262,11 @@ fn report_controller(t: &Timeline, s: &Stats, devices_appeared: Instant) {
             format!("DELETE {OLD} (grace period 0, {}) refused by the API server:", first.path),
         );
         t.say_at(first.at, "", format!("  {}", first.refused.as_deref().unwrap_or_default()));
-        t.say_at(first.at, "controller", "FailedDelete Event, VMI Synchronized=False, requeue with backoff");
+        t.say_at(
+            first.at,
+            "controller",
+            "FailedDelete Event, requeue with backoff (the refusal in its log, not on the VMI)",
+        );
     }
     if let (Some(first), Some(last)) = (refused.first(), refused.last()) {
         if refused.len() > 1 {
