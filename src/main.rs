@@ -6,6 +6,7 @@ use clap::Parser;
 
 use hotplug_watchdog::cli::{Cli, Command, Format, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
+use hotplug_watchdog::cluster::outcome::WriteKind;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::feed::Feed;
 use hotplug_watchdog::http;
@@ -143,9 +144,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let events_tx_for_status = events_tx.clone();
             engine = engine.with_cluster_sinks(events_tx, status_tx);
             let condition_failures = cluster::write_health::WriteHealth::new(
-                cluster::write_health::POD_CONDITIONS,
+                WriteKind::PodConditions,
                 health.clone(),
-                metrics.writes_failing(cluster::write_health::POD_CONDITIONS),
+                metrics.writes_failing(WriteKind::PodConditions),
             );
             let conditions = cluster::status::ConditionWriter::new(
                 client.clone(),
@@ -170,7 +171,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 health.clone(),
                 args.stall_timeout,
                 metrics.status_writes_total.clone(),
-                metrics.writes_failing(cluster::write_health::LEASE),
+                metrics.writes_failing(WriteKind::Lease),
             );
             spawn_supervised(&health, "lease", lease);
         } else {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod conditions;
 pub mod events;
 pub mod lease;
+pub mod outcome;
 pub mod status;
 pub mod view;
 pub mod volume_status;
@@ -26,6 +27,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::backoff::Backoff;
 use crate::model::ClusterView;
 use crate::verdict::Verdicts;
 use status::{ConditionWriter, VmiStatusWriter};
@@ -115,7 +117,7 @@ async fn follow<K>(api: Api<K>, config: watcher::Config, which: Watched, tx: Unb
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
         let mut listing = Vec::new();
@@ -130,7 +132,7 @@ where
                     continue;
                 }
                 Ok(watcher::Event::InitDone) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     Update::Listed(std::mem::take(&mut listing))
                 }
                 Ok(watcher::Event::Apply(o)) => Update::Applied(o),
@@ -145,10 +147,7 @@ where
                 break;
             }
         }
-        // Jitter keeps a fleet of agents from reconnecting in step after an outage.
-        let jitter = Duration::from_millis(u64::from(std::process::id() % 250));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

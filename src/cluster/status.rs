@@ -17,7 +17,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::conditions::{patch, Desired};
-use super::write_health::{self, WriteHealth};
+use super::outcome::{error_text, WriteKind, WriteResult};
+use super::write_health::WriteHealth;
+use crate::backoff::Backoff;
 use crate::layout::PodUid;
 use crate::metrics::WriteLabels;
 
@@ -30,12 +32,17 @@ const ECHO_WAIT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The write history of one object: when it may be written next.
-#[derive(Default)]
 struct Writes<T> {
     next_allowed: Option<Instant>,
-    retry_delay: Option<Duration>,
+    retry: Backoff,
     /// What was written last, and when: not written again before the watch shows it.
     last: Option<(T, Instant)>,
+}
+
+impl<T> Writes<T> {
+    fn new(first_retry: Duration, max_retry: Duration) -> Self {
+        Writes { next_allowed: None, retry: Backoff::new(first_retry, max_retry), last: None }
+    }
 }
 
 impl<T: PartialEq> Writes<T> {
@@ -53,56 +60,22 @@ impl<T: PartialEq> Writes<T> {
     /// Records a write; returns when to look again.
     fn written(&mut self, want: T, ok: bool, now: Instant) -> Instant {
         if ok {
-            self.retry_delay = None;
+            self.retry.reset();
             self.next_allowed = Some(now + MIN_INTERVAL);
             self.last = Some((want, now));
             now + ECHO_WAIT
         } else {
-            self.backoff(now, MIN_INTERVAL, MAX_RETRY_DELAY)
+            self.backoff(now)
         }
     }
 
-    /// A growing, jittered delay: a fleet of agents must not retry in step.
-    fn backoff(&mut self, now: Instant, first: Duration, max: Duration) -> Instant {
-        let delay = self.retry_delay.map_or(first, |d| (d * 2).min(max));
-        let jitter = Duration::from_millis(u64::from(std::process::id() % 500));
-        self.retry_delay = Some(delay);
-        self.next_allowed = Some(now + delay + jitter);
+    /// A growing, jittered delay, never under the per-object rate: a fleet of agents must
+    /// not retry in step.
+    fn backoff(&mut self, now: Instant) -> Instant {
+        let at = now + self.retry.next_delay().max(MIN_INTERVAL);
+        self.next_allowed = Some(at);
         self.last = None;
-        now + delay + jitter
-    }
-}
-
-/// Every value of the `result` label of `status_writes_total`.
-pub const RESULTS: [&str; 9] =
-    ["ok", "conflict", "forbidden", "unauthorized", "not_found", "test_failed", "reverted", "timeout", "error"];
-
-/// The `result` label of a write that took at most its timeout (`Err(Elapsed)`: it did not
-/// answer in time). `unauthorized`: the credentials were refused (an expired or revoked
-/// token); `forbidden`: RBAC or an admission policy said no.
-pub(crate) fn outcome<T>(result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>) -> &'static str {
-    match result {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(kube::Error::Api(s))) if s.code == 409 => "conflict",
-        Ok(Err(kube::Error::Api(s))) if s.code == 401 => "unauthorized",
-        Ok(Err(kube::Error::Api(s))) if s.code == 403 => "forbidden",
-        Ok(Err(kube::Error::Api(s))) if s.code == 404 => "not_found",
-        Ok(Err(kube::Error::Api(s))) if s.code == 422 => "test_failed",
-        Err(_) => "timeout",
-        Ok(Err(_)) => "error",
-    }
-}
-
-pub(crate) fn error_text<T>(
-    result: &Result<Result<T, kube::Error>, tokio::time::error::Elapsed>,
-    timeout: Duration,
-) -> String {
-    match result {
-        // The server's own words, without the Status object's debug dump.
-        Ok(Err(kube::Error::Api(s))) => format!("{} ({} {})", s.message, s.code, s.reason),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("timed out after {timeout:?}"),
-        Ok(Ok(_)) => "no error".into(),
+        at
     }
 }
 
@@ -133,9 +106,9 @@ impl ConditionWriter {
         for (uid, want) in desired {
             let Some(pod) = observed.get(uid.as_str()) else { continue };
             let now = Instant::now();
-            let state = self.pods.entry(uid.clone()).or_default();
+            let state = self.pods.entry(uid.clone()).or_insert_with(|| Writes::new(MIN_INTERVAL, MAX_RETRY_DELAY));
             let Some(body) = patch(pod, want, &Time(k8s_openapi::jiff::Timestamp::now())) else {
-                state.retry_delay = None;
+                state.retry.reset();
                 // The pod already says what it should: nothing of it is stale.
                 self.failures.forget(uid);
                 continue;
@@ -150,21 +123,17 @@ impl ConditionWriter {
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
             let result =
                 tokio::time::timeout(WRITE_TIMEOUT, api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
-            let result_label = outcome(&result);
-            self.writes.get_or_create(&WriteLabels { kind: "pod_conditions", result: result_label }).inc();
-            let ok = result_label == "ok";
+            let result_label = WriteResult::of(&result);
+            self.writes.get_or_create(&WriteLabels::new(WriteKind::PodConditions, result_label)).inc();
+            let ok = result_label == WriteResult::Ok;
             later(state.written(want.clone(), ok, now));
-            match write_health::judge(result_label) {
-                Some(true) => self.failures.succeeded(uid),
-                None => self.failures.forget(uid),
-                Some(false) => self
-                    .failures
-                    .failed(uid, format!("pod {ns}/{name} ({result_label}): {}", error_text(&result, WRITE_TIMEOUT))),
-            }
+            self.failures.record(uid, result_label, || {
+                format!("pod {ns}/{name} ({}): {}", result_label.label(), error_text(&result, WRITE_TIMEOUT))
+            });
             if ok {
                 tracing::debug!(pod = %name, namespace = %ns, "attachment pod conditions written");
             } else {
-                tracing::warn!(pod = %name, namespace = %ns, result = result_label, error = %error_text(&result, WRITE_TIMEOUT), "cannot write attachment pod conditions; retrying later");
+                tracing::warn!(pod = %name, namespace = %ns, result = result_label.label(), error = %error_text(&result, WRITE_TIMEOUT), "cannot write attachment pod conditions; retrying later");
             }
         }
         again
@@ -226,7 +195,7 @@ impl VmiStatusWriter {
             let Ok(doc) = serde_json::to_value(vmi) else { continue };
             let Some((ops, expect)) = super::volume_status::patch(&doc, launcher, verdicts) else { continue };
             let now = Instant::now();
-            let state = self.vmis.entry(uid.clone()).or_default();
+            let state = self.vmis.entry(uid.clone()).or_insert_with(|| Writes::new(MIN_INTERVAL, MAX_RETRY_DELAY));
             if let Err(t) = state.may_write(&ops, now) {
                 later(t);
                 continue;
@@ -242,22 +211,22 @@ impl VmiStatusWriter {
             let params = PatchParams { field_manager: Some("hotplug-watchdog".into()), ..Default::default() };
             let result =
                 tokio::time::timeout(WRITE_TIMEOUT, api.patch(&name, &params, &Patch::Json::<()>(json_patch))).await;
-            let mut label = outcome(&result);
+            let mut label = WriteResult::of(&result);
             // KubeVirt's webhook answers success and puts the status back: only the object
             // the server stored tells.
             if let Ok(Ok(stored)) = &result {
                 if !serde_json::to_value(stored).is_ok_and(|s| super::volume_status::landed(&s, &expect)) {
-                    label = "reverted";
+                    label = WriteResult::Reverted;
                 }
             }
-            self.writes.get_or_create(&WriteLabels { kind: "vmi_volume_status", result: label }).inc();
+            self.writes.get_or_create(&WriteLabels::new(WriteKind::VmiVolumeStatus, label)).inc();
             match label {
-                "ok" => {
+                WriteResult::Ok => {
                     tracing::info!(vmi = %name, namespace = %ns, "VMI volumeStatus reason/message written");
                     later(state.written(ops, true, now));
                 }
-                "reverted" | "forbidden" => {
-                    let why = if label == "reverted" {
+                WriteResult::Reverted | WriteResult::Forbidden => {
+                    let why = if label == WriteResult::Reverted {
                         "the write was accepted and then put back (KubeVirt reverts status writes by other service accounts)".to_string()
                     } else {
                         format!("the write was refused ({}); grant deploy/optional/vmi-volume-status-rbac.yaml or use --vmi-volume-status off", error_text(&result, WRITE_TIMEOUT))
@@ -266,7 +235,11 @@ impl VmiStatusWriter {
                         tracing::warn!(vmi = %name, namespace = %ns, "VMI volumeStatus writes stop: {why}; attachment-pod conditions and Events carry the same truth");
                         self.stopped = true;
                     } else {
-                        let retry = state.backoff(now, REVERT_BACKOFF, REVERT_BACKOFF_MAX);
+                        // Put back or refused: the slow schedule, not the one for failures.
+                        if !state.retry.is_backing_off() {
+                            state.retry = Backoff::new(REVERT_BACKOFF, REVERT_BACKOFF_MAX);
+                        }
+                        let retry = state.backoff(now);
                         tracing::warn!(vmi = %name, namespace = %ns, retry_in = ?retry.saturating_duration_since(now), "VMI volumeStatus write did not land: {why}; backing off");
                         later(retry);
                     }
@@ -278,7 +251,7 @@ impl VmiStatusWriter {
                                 uid: vmi_uid.clone(),
                             },
                             warning: true,
-                            reason: "HotplugStatusWriteRejected",
+                            reason: super::events::STATUS_WRITE_REJECTED,
                             note: format!("hotplug-watchdog could not record its findings in volumeStatus: {why}"),
                         });
                     }
@@ -289,7 +262,7 @@ impl VmiStatusWriter {
                 _ => {
                     // A failed test means the list changed under us: the watch brings the
                     // new one and the patch is derived again.
-                    tracing::debug!(vmi = %name, namespace = %ns, result = label, error = %error_text(&result, WRITE_TIMEOUT), "VMI volumeStatus write failed; retrying later");
+                    tracing::debug!(vmi = %name, namespace = %ns, result = label.label(), error = %error_text(&result, WRITE_TIMEOUT), "VMI volumeStatus write failed; retrying later");
                     later(state.written(ops, false, now));
                 }
             }
