@@ -160,9 +160,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(events_tx_for_status),
             );
             // Every cluster task is supervised: one that ends or panics fails /healthz.
-            let watch =
-                cluster::watch(client.clone(), node.clone(), tx, health.clone(), status_rx, conditions, volume_status);
+            let (observed_tx, observed_rx) = tokio::sync::watch::channel(Default::default());
+            let keep_volume_status = volume_status.is_on();
+            let watch = cluster::watch(client.clone(), node.clone(), tx, health.clone(), observed_tx, keep_volume_status);
             spawn_supervised(&health, "cluster watch", watch);
+            let writers = cluster::status::run(conditions, volume_status, status_rx, observed_rx);
+            spawn_supervised(&health, "status writers", writers);
             let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
             spawn_supervised(&health, "events", events);
             let lease = cluster::lease::run(
