@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, GroupVersionKind, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -29,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::model::{ClusterView, PodUid};
-use objects::{WatchedPod, WatchedVmi};
+use objects::{PodObject, VmiObject, WatchedPod, WatchedVmi};
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
@@ -222,10 +221,9 @@ fn vmi_selector(node: &str) -> String {
 /// One look, for `scan`: two lists, no watch.
 pub async fn list_view(client: Client, node: &str) -> Result<ClusterView, kube::Error> {
     let (fields, labels) = pod_selectors(node);
-    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&fields).labels(&labels)).await?;
-    let vmis = Api::<DynamicObject>::all_with(client, &vmi_resource())
-        .list(&ListParams::default().labels(&vmi_selector(node)))
-        .await?;
+    let pods =
+        Api::<PodObject>::all(client.clone()).list(&ListParams::default().fields(&fields).labels(&labels)).await?;
+    let vmis = Api::<VmiObject>::all(client).list(&ListParams::default().labels(&vmi_selector(node))).await?;
     let pods: Vec<_> = pods.items.into_iter().map(|p| WatchedPod::from(p).meta).collect();
     let vmis: Vec<_> = vmis.items.into_iter().map(|v| WatchedVmi::new(v, false).meta).collect();
     Ok(ClusterView::build(&pods, &vmis))
@@ -262,9 +260,9 @@ pub async fn watch(
     let (vmi_tx, mut vmi_rx) = mpsc::channel(UPDATE_QUEUE);
     // Supervised: a watch task that ends or panics makes /healthz fail.
     use crate::sources::health::spawn_supervised;
-    let pods_api = Api::<Pod>::all(client.clone());
+    let pods_api = Api::<PodObject>::all(client.clone());
     spawn_supervised(&health, "pod watch", follow(pods_api, pod_config, WatchedPod::from, pod_tx));
-    let vmis_api = Api::<DynamicObject>::all_with(client, &vmi_resource());
+    let vmis_api = Api::<VmiObject>::all(client);
     let slim_vmi = move |v| WatchedVmi::new(v, keep_volume_status);
     spawn_supervised(&health, "VMI watch", follow(vmis_api, vmi_config, slim_vmi, vmi_tx));
 

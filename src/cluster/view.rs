@@ -120,7 +120,7 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::objects::{WatchedPod, WatchedVmi};
+    use crate::cluster::objects::{PodObject, VmiObject, WatchedPod, WatchedVmi};
     use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
     use std::collections::BTreeSet;
@@ -130,7 +130,7 @@ mod tests {
     }
 
     fn vmi(v: serde_json::Value) -> VmiMeta {
-        WatchedVmi::new(serde_json::from_value(v).unwrap(), false).meta
+        WatchedVmi::new(serde_json::from_value::<VmiObject>(v).unwrap(), false).meta
     }
 
     /// The view as the watches build it: from the slimmed objects.
@@ -138,7 +138,8 @@ mod tests {
         pods: impl IntoIterator<Item = &'a Pod>,
         vmis: impl IntoIterator<Item = &'b VmiMeta>,
     ) -> ClusterView {
-        let pods: Vec<PodMeta> = pods.into_iter().map(|p| WatchedPod::from(p.clone()).meta).collect();
+        let slim = |p: &Pod| serde_json::from_value::<PodObject>(serde_json::to_value(p).unwrap()).unwrap();
+        let pods: Vec<PodMeta> = pods.into_iter().map(|p| WatchedPod::from(slim(p)).meta).collect();
         ClusterView::build(&pods, vmis)
     }
 

@@ -40,29 +40,22 @@ fn ours(launcher: &PodUid, name: &str, verdicts: &Verdicts) -> Option<(&'static 
 /// One entry of a VMI's `status.volumeStatus`, the fields the agent reads; a field that is
 /// missing or not a string is `None`. Entries are kept in order: patches address them by
 /// index.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct VolumeStatusEntry {
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
     pub phase: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
     pub reason: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
     pub message: Option<String>,
 }
 
-/// The entries of a VMI's `status.volumeStatus` (the VMI's `data`, or the whole object);
-/// `None` when it has none.
+/// The entries of a VMI's `status.volumeStatus`, the VMI as the API returns it; `None`
+/// when it has none.
 pub fn entries(vmi: &Value) -> Option<Vec<VolumeStatusEntry>> {
-    let field = |e: &Value, f: &str| e.get(f).and_then(Value::as_str).map(str::to_string);
-    let list = vmi.pointer("/status/volumeStatus")?.as_array()?;
-    Some(
-        list.iter()
-            .map(|e| VolumeStatusEntry {
-                name: field(e, "name"),
-                phase: field(e, "phase"),
-                reason: field(e, "reason"),
-                message: field(e, "message"),
-            })
-            .collect(),
-    )
+    serde_json::from_value(vmi.pointer("/status/volumeStatus")?.clone()).ok()
 }
 
 /// The JSON patch that brings the VMI's volumeStatus in line, or `None` when it is.
