@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::client::Verb;
 use crate::cluster::events;
 use crate::cluster::outcome::{EventResult, WriteKind, WriteResult};
 use crate::layout::{PodUid, SkipReason};
@@ -28,9 +29,6 @@ pub const PREFIX: &str = "hotplug_watchdog";
 /// bounded whatever the kubelet tree holds. Far above what a node runs (5,000 volumes were
 /// benchmarked); beyond it `volumes_not_exported` says how many are missing.
 pub const MAX_EXPORTED_VOLUMES: usize = 10_000;
-
-/// Every value of the `verb` label of `api_requests_total`.
-pub const API_VERBS: [&str; 7] = ["watch", "get", "create", "update", "patch", "delete", "other"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, serde::Serialize)]
 pub struct VolumeLabels {
@@ -69,7 +67,13 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabel {
-    pub verb: &'static str,
+    verb: &'static str,
+}
+
+impl VerbLabel {
+    pub fn new(verb: Verb) -> Self {
+        VerbLabel { verb: verb.label() }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -272,8 +276,8 @@ impl Metrics {
         for reason in SkipReason::METRIC_LABELS {
             skipped_entries.get_or_create(&ReasonLabel { reason }).set(0);
         }
-        for verb in API_VERBS {
-            api_requests_total.get_or_create(&VerbLabel { verb }).inc_by(0);
+        for verb in Verb::ALL {
+            api_requests_total.get_or_create(&VerbLabel::new(verb)).inc_by(0);
         }
         for reason in events::reasons() {
             for result in EventResult::ALL {
