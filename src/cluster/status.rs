@@ -32,7 +32,7 @@ use super::write_health::WriteHealth;
 use super::Observed;
 use crate::backoff::Backoff;
 use crate::metrics::WriteLabels;
-use crate::model::{PodUid, VmiRef};
+use crate::model::{ClusterView, PodUid, VmiRef};
 use crate::verdict::Verdicts;
 
 /// Changes of cluster objects within this window make one write.
@@ -137,39 +137,69 @@ struct VmiWrite {
     error: String,
 }
 
+/// What every pod's conditions should say, decided once per verdicts and view: the pods'
+/// own changes (our writes coming back above all) are only compared with it.
+struct Decided {
+    verdicts: Arc<Verdicts>,
+    view: Arc<ClusterView>,
+    /// `None`: the verdicts may not speak for the cluster yet.
+    desired: Option<Arc<BTreeMap<PodUid, Vec<Desired>>>>,
+}
+
 pub struct ConditionWriter {
     client: Client,
     writes: Family<WriteLabels, Counter>,
     pods: BTreeMap<PodUid, Writes<Vec<Desired>>>,
     /// Pods whose conditions could not be written: the agent is not ready meanwhile.
     failures: WriteHealth,
+    decided: Option<Decided>,
 }
 
 impl ConditionWriter {
     pub fn new(client: Client, writes: Family<WriteLabels, Counter>, failures: WriteHealth) -> Self {
-        ConditionWriter { client, writes, pods: BTreeMap::new(), failures }
+        ConditionWriter { client, writes, pods: BTreeMap::new(), failures, decided: None }
+    }
+
+    fn desired(
+        &mut self,
+        view: &Arc<ClusterView>,
+        verdicts: &Arc<Verdicts>,
+    ) -> Option<Arc<BTreeMap<PodUid, Vec<Desired>>>> {
+        if let Some(d) =
+            self.decided.as_ref().filter(|d| Arc::ptr_eq(&d.verdicts, verdicts) && Arc::ptr_eq(&d.view, view))
+        {
+            return d.desired.clone();
+        }
+        let desired = super::conditions::desired(verdicts, &view.attachment_pods).map(Arc::new);
+        self.decided = Some(Decided { verdicts: verdicts.clone(), view: view.clone(), desired: desired.clone() });
+        desired
     }
 
     /// Starts a write for every pod whose conditions differ from what the verdicts say
     /// and that may be written now, while `in_flight` has room; returns when to look again.
-    fn flush(&mut self, observed: &Observed, verdicts: &Verdicts, in_flight: &mut JoinSet<Done>) -> Option<Instant> {
+    fn flush(
+        &mut self,
+        observed: &Observed,
+        verdicts: &Arc<Verdicts>,
+        in_flight: &mut JoinSet<Done>,
+    ) -> Option<Instant> {
         // No condition before the first full scan and a view from synced watches.
-        let desired = super::conditions::desired(verdicts, &observed.view.attachment_pods)?;
+        let desired = self.desired(&observed.view, verdicts)?;
         self.pods.retain(|uid, w| w.in_flight || desired.contains_key(uid));
         self.failures.retain(|uid| desired.contains_key(uid));
         let mut again = Again::default();
         let now = Instant::now();
         let transition_time = Time(k8s_openapi::jiff::Timestamp::now());
-        for (uid, want) in desired {
-            let Some(pod) = observed.pods.get(&uid) else { continue };
+        for (uid, want) in desired.iter() {
+            let Some(pod) = observed.pods.get(uid) else { continue };
             let state = self.pods.entry(uid.clone()).or_default();
-            let Some(body) = patch(&pod.conditions, &want, &transition_time) else {
+            let Some(body) = patch(&pod.conditions, want, &transition_time) else {
                 state.retry.reset();
                 // The pod already says what it should: nothing of it is stale.
-                self.failures.forget(&uid);
+                self.failures.forget(uid);
                 continue;
             };
-            match state.may_write(&want, now) {
+            match state.may_write(want, now) {
                 Err(t) => {
                     if let Some(t) = t {
                         again.at(t);
@@ -183,6 +213,7 @@ impl ConditionWriter {
             state.in_flight = true;
             let (namespace, name) = (pod.meta.namespace.clone(), pod.meta.name.clone());
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            let (uid, want) = (uid.clone(), want.clone());
             in_flight.spawn(async move {
                 let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
                 let (result, error, _) = timed(api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
