@@ -303,7 +303,7 @@ impl Engine {
             );
         }
         self.said_too_many_volumes = new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES;
-        let old = std::mem::replace(&mut self.snapshot.verdicts, new);
+        let old = std::mem::replace(&mut self.snapshot.verdicts, Arc::new(new));
         self.unsent = true;
         let latency = earliest.elapsed().as_secs_f64();
         self.record(&changes, latency);

@@ -1,3 +1,4 @@
+pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod device;

@@ -6,6 +6,7 @@ use clap::Parser;
 
 use hotplug_watchdog::cli::{Cli, Command, Format, RunArgs, ScanArgs};
 use hotplug_watchdog::cluster;
+use hotplug_watchdog::cluster::outcome::WriteKind;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::feed::Feed;
 use hotplug_watchdog::http;
@@ -163,9 +164,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 })
             }));
             let condition_failures = cluster::write_health::WriteHealth::new(
-                cluster::write_health::POD_CONDITIONS,
+                WriteKind::PodConditions,
                 health.clone(),
-                metrics.writes_failing(cluster::write_health::POD_CONDITIONS),
+                metrics.writes_failing(WriteKind::PodConditions),
             );
             let conditions = cluster::status::ConditionWriter::new(
                 client.clone(),
@@ -179,9 +180,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(events_tx_for_status),
             );
             // Every cluster task is supervised: one that ends or panics fails /healthz.
-            let watch =
-                cluster::watch(client.clone(), node.clone(), tx, health.clone(), snapshots.clone(), conditions, volume_status);
+            let (observed_tx, observed_rx) = tokio::sync::watch::channel(Default::default());
+            let keep_volume_status = volume_status.is_on();
+            let watch = cluster::watch(client.clone(), node.clone(), tx, health.clone(), observed_tx, keep_volume_status);
             spawn_supervised(&health, "cluster watch", watch);
+            let writers = cluster::status::run(conditions, volume_status, snapshots.clone(), observed_rx);
+            spawn_supervised(&health, "status writers", writers);
             let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
             spawn_supervised(&health, "events", events);
             let lease = cluster::lease::run(
@@ -190,7 +194,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 health.clone(),
                 args.stall_timeout,
                 metrics.status_writes_total.clone(),
-                metrics.writes_failing(cluster::write_health::LEASE),
+                metrics.writes_failing(WriteKind::Lease),
             );
             spawn_supervised(&health, "lease", lease);
         } else {

@@ -14,9 +14,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::write_health;
+use crate::cluster::client::Verb;
+use crate::cluster::events;
+use crate::cluster::outcome::{EventResult, WriteKind, WriteResult};
 use crate::layout::{PodUid, SkipReason};
-use crate::notice::NoticeKind;
 use crate::report::PodNames;
 use crate::snapshot::Snapshots;
 use crate::sources::health::Health;
@@ -29,9 +30,6 @@ pub const PREFIX: &str = "hotplug_watchdog";
 /// bounded whatever the kubelet tree holds. Far above what a node runs (5,000 volumes were
 /// benchmarked); beyond it `volumes_not_exported` says how many are missing.
 pub const MAX_EXPORTED_VOLUMES: usize = 10_000;
-
-/// Every value of the `verb` label of `api_requests_total`.
-pub const API_VERBS: [&str; 7] = ["watch", "get", "create", "update", "patch", "delete", "other"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, serde::Serialize)]
 pub struct VolumeLabels {
@@ -70,19 +68,37 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabel {
-    pub verb: &'static str,
+    verb: &'static str,
+}
+
+impl VerbLabel {
+    pub fn new(verb: Verb) -> Self {
+        VerbLabel { verb: verb.label() }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    pub reason: &'static str,
-    pub result: &'static str,
+    reason: &'static str,
+    result: &'static str,
+}
+
+impl EventLabels {
+    pub fn new(reason: &'static str, result: EventResult) -> Self {
+        EventLabels { reason, result: result.label() }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
-    pub kind: &'static str,
-    pub result: &'static str,
+    kind: &'static str,
+    result: &'static str,
+}
+
+impl WriteLabels {
+    pub fn new(kind: WriteKind, result: WriteResult) -> Self {
+        WriteLabels { kind: kind.label(), result: result.label() }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -217,9 +233,9 @@ impl Metrics {
             "Writes to cluster objects, by kind (lease, pod_conditions, vmi_volume_status) and result",
             status_writes_total.clone(),
         );
-        for kind in ["lease", "pod_conditions", "vmi_volume_status"] {
-            for result in crate::cluster::status::RESULTS {
-                status_writes_total.get_or_create(&WriteLabels { kind, result }).inc_by(0);
+        for kind in WriteKind::ALL {
+            for result in WriteResult::ALL {
+                status_writes_total.get_or_create(&WriteLabels::new(kind, result)).inc_by(0);
             }
         }
         let status_writes_failing = Family::<KindLabel, Gauge>::default();
@@ -228,8 +244,8 @@ impl Metrics {
             "1 while writes of this kind (lease, pod_conditions) are refused or failing: /readyz fails and names the kind until they succeed again",
             status_writes_failing.clone(),
         );
-        for kind in [write_health::LEASE, write_health::POD_CONDITIONS] {
-            status_writes_failing.get_or_create(&KindLabel { kind: kind.label }).set(0);
+        for kind in WriteKind::TRUSTED {
+            status_writes_failing.get_or_create(&KindLabel { kind: kind.label() }).set(0);
         }
         registry.register_collector(Box::new(VerdictGauges(snapshots)));
         registry.register_collector(Box::new(AgentGauges(health)));
@@ -248,12 +264,12 @@ impl Metrics {
         for reason in SkipReason::METRIC_LABELS {
             skipped_entries.get_or_create(&ReasonLabel { reason }).set(0);
         }
-        for verb in API_VERBS {
-            api_requests_total.get_or_create(&VerbLabel { verb }).inc_by(0);
+        for verb in Verb::ALL {
+            api_requests_total.get_or_create(&VerbLabel::new(verb)).inc_by(0);
         }
-        for reason in NoticeKind::ALL.map(NoticeKind::reason) {
-            for result in ["sent", "failed", "dropped"] {
-                events_total.get_or_create(&EventLabels { reason, result }).inc_by(0);
+        for reason in events::reasons() {
+            for result in EventResult::ALL {
+                events_total.get_or_create(&EventLabels::new(reason, result)).inc_by(0);
             }
         }
         Metrics {
@@ -278,8 +294,8 @@ impl Metrics {
     }
 
     /// The `status_writes_failing` gauge of one kind of write.
-    pub fn writes_failing(&self, kind: write_health::WriteKind) -> Gauge {
-        self.status_writes_failing.get_or_create(&KindLabel { kind: kind.label }).clone()
+    pub fn writes_failing(&self, kind: WriteKind) -> Gauge {
+        self.status_writes_failing.get_or_create(&KindLabel { kind: kind.label() }).clone()
     }
 
     /// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus

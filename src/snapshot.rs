@@ -16,7 +16,8 @@ use crate::verdict::Verdicts;
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub verdicts: Verdicts,
+    /// Shared as is by readers: the writers tell "new verdicts" by pointer.
+    pub verdicts: Arc<Verdicts>,
     /// Cluster mode: how a person knows each pod (namespace, VMI, name).
     pub names: Arc<BTreeMap<PodUid, PodNames>>,
     /// Entries in the kubelet tree that do not fit the layout.

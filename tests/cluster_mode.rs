@@ -303,9 +303,11 @@ fn steady_state_api_requests_are_lease_renewals_only() {
     std::thread::sleep(Duration::from_secs(1));
     let requests = |a: &Agent| {
         let m = a.metrics();
-        let by_verb = hotplug_watchdog::metrics::API_VERBS
+        let by_verb = hotplug_watchdog::cluster::client::Verb::ALL
+            .map(|v| v.label())
             .map(|verb| (verb, series(&m, &format!("hotplug_watchdog_api_requests_total{{verb=\"{verb}\"}}"))));
-        let lease: f64 = hotplug_watchdog::cluster::status::RESULTS
+        let lease: f64 = hotplug_watchdog::cluster::outcome::WriteResult::ALL
+            .map(|r| r.label())
             .iter()
             .map(|r| series(&m, &format!("hotplug_watchdog_status_writes_total{{kind=\"lease\",result=\"{r}\"}}")))
             .sum();

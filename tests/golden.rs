@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hotplug_watchdog::cluster::objects::{PodObject, VmiObject, WatchedPod, WatchedVmi};
 use hotplug_watchdog::cluster::view::ClusterView;
 use hotplug_watchdog::engine::Engine;
 use hotplug_watchdog::metrics::{Exposition, Metrics};
@@ -22,8 +23,6 @@ use hotplug_watchdog::snapshot::{Snapshot, Snapshots};
 use hotplug_watchdog::sources::channel::{channel, Sender, CAPACITY};
 use hotplug_watchdog::sources::health::Health;
 use hotplug_watchdog::sources::{Message, NodePaths, RescanReason, SeqClock};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::DynamicObject;
 use serde_json::json;
 
 const HOTPLUG: &str = "volumes/kubernetes.io~empty-dir/hotplug-disks";
@@ -142,7 +141,7 @@ impl InProcess {
 /// attachment pods `a1` (older) and `a2` (newer); vm2 with `l2` and `a3`. `x9` is a pod of
 /// another namespace claiming to be vm1's attachment pod.
 fn cluster_view() -> ClusterView {
-    let launcher = |uid: &str, vmi: &str, vmi_uid: &str| -> Pod {
+    let launcher = |uid: &str, vmi: &str, vmi_uid: &str| -> PodObject {
         serde_json::from_value(json!({"metadata": {
             "name": format!("virt-launcher-{vmi}-{uid}"), "namespace": "vms", "uid": uid,
             "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": vmi_uid},
@@ -151,7 +150,7 @@ fn cluster_view() -> ClusterView {
             "status": {"phase": "Running"}}))
         .unwrap()
     };
-    let attachment = |uid: &str, ns: &str, owner: &str, created: &str| -> Pod {
+    let attachment = |uid: &str, ns: &str, owner: &str, created: &str| -> PodObject {
         serde_json::from_value(json!({"metadata": {
             "name": format!("hp-volume-{uid}"), "namespace": ns, "uid": uid, "creationTimestamp": created,
             "labels": {"kubevirt.io": "hotplug-disk"},
@@ -159,7 +158,7 @@ fn cluster_view() -> ClusterView {
             "status": {"phase": "Running"}}))
         .unwrap()
     };
-    let vmi = |name: &str, uid: &str, volumes: &[&str]| -> DynamicObject {
+    let vmi = |name: &str, uid: &str, volumes: &[&str]| -> VmiObject {
         let volumes: Vec<_> = volumes.iter().map(|v| json!({"name": v})).collect();
         serde_json::from_value(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": name, "namespace": "vms", "uid": uid},
@@ -175,7 +174,10 @@ fn cluster_view() -> ClusterView {
         attachment("x9", "tenant", "l1", "2026-11-30T06:10:00Z"),
     ];
     let vmis = [vmi("vm1", "v1", &["rootdisk", "fs1", "fs2", "fs3", "fs4"]), vmi("vm2", "v2", &["rootdisk", "fs5"])];
-    ClusterView::build(pods.iter(), vmis.iter())
+    // As the watches keep them: only the fields the agent reads.
+    let pods: Vec<_> = pods.into_iter().map(|p| WatchedPod::from(p).meta).collect();
+    let vmis: Vec<_> = vmis.into_iter().map(|v| WatchedVmi::new(v, false).meta).collect();
+    ClusterView::build(&pods, &vmis)
 }
 
 /// The `/scan` body, indented for a readable diff, with the temp directory written as

@@ -223,7 +223,8 @@ fn a_write_put_back_is_detected_and_not_fought() {
     agent.wait_volume(&vm.launcher_uid, "disk1", Some("vanished"));
     std::thread::sleep(Duration::from_secs(2));
     let m = agent.metrics();
-    let attempts: f64 = hotplug_watchdog::cluster::status::RESULTS
+    let attempts: f64 = hotplug_watchdog::cluster::outcome::WriteResult::ALL
+        .map(|r| r.label())
         .iter()
         .map(|r| {
             metric(&m, &format!("hotplug_watchdog_status_writes_total{{kind=\"vmi_volume_status\",result=\"{r}\"}}"))

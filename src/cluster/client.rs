@@ -12,18 +12,47 @@ use prometheus_client::metrics::family::Family;
 
 use crate::metrics::VerbLabel;
 
-/// `watch` is a GET with `watch=true`: counted apart, it is the one request a steady state
-/// keeps open.
-fn verb(req: &Request<Body>) -> &'static str {
-    let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-    match *req.method() {
-        Method::GET if watch => "watch",
-        Method::GET => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "other",
+/// A request by what it does: the `verb` label of `api_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// A GET with `watch=true`: counted apart, it is the one request a steady state keeps
+    /// open.
+    Watch,
+    Get,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    Other,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 7] =
+        [Verb::Watch, Verb::Get, Verb::Create, Verb::Update, Verb::Patch, Verb::Delete, Verb::Other];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verb::Watch => "watch",
+            Verb::Get => "get",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+            Verb::Other => "other",
+        }
+    }
+
+    fn of(req: &Request<Body>) -> Self {
+        let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        match *req.method() {
+            Method::GET if watch => Verb::Watch,
+            Method::GET => Verb::Get,
+            Method::POST => Verb::Create,
+            Method::PUT => Verb::Update,
+            Method::PATCH => Verb::Patch,
+            Method::DELETE => Verb::Delete,
+            _ => Verb::Other,
+        }
     }
 }
 
@@ -39,7 +68,7 @@ pub async fn connect(kubeconfig: Option<&Path>, requests: Family<VerbLabel, Coun
         })?,
     };
     let count = tower::util::MapRequestLayer::new(move |req: Request<Body>| {
-        requests.get_or_create(&VerbLabel { verb: verb(&req) }).inc();
+        requests.get_or_create(&VerbLabel::new(Verb::of(&req))).inc();
         req
     });
     Ok(ClientBuilder::try_from(config)?.with_layer(&count).build())

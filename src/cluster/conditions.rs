@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
@@ -121,10 +121,9 @@ fn handoff_safe(verdicts: &Verdicts, a: &AttachmentVerdict) -> Desired {
     Desired { type_: HANDOFF_SAFE, status: a.handoff.status().as_str(), reason: a.handoff.as_str(), message }
 }
 
-/// The strategic merge patch for `pods/status` that makes `pod` carry `desired`, or `None`
-/// when it already does.
-pub fn patch(pod: &Pod, desired: &[Desired], now: &Time) -> Option<serde_json::Value> {
-    let current: &[PodCondition] = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
+/// The strategic merge patch for `pods/status` that makes a pod whose conditions are
+/// `current` carry `desired`, or `None` when it already does.
+pub fn patch(current: &[PodCondition], desired: &[Desired], now: &Time) -> Option<serde_json::Value> {
     let changed: Vec<serde_json::Value> = desired
         .iter()
         .filter_map(|d| {
@@ -224,8 +223,8 @@ mod tests {
         assert!(!lost.contains_key("L"), "only attachment pods the API knows");
     }
 
-    fn pod_with(conditions: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": {"conditions": conditions}})).unwrap()
+    fn pod_with(conditions: serde_json::Value) -> Vec<PodCondition> {
+        serde_json::from_value(conditions).unwrap()
     }
 
     #[test]

@@ -9,8 +9,19 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc::{self, Receiver};
 
+use super::outcome::EventResult;
 use super::view::VmiRef;
 use crate::metrics::EventLabels;
+use crate::notice::NoticeKind;
+
+/// The Event the cluster side raises itself: a VMI volumeStatus write was refused or put
+/// back (the engine's Events are the notices of [`NoticeKind`]).
+pub const STATUS_WRITE_REJECTED: &str = "HotplugStatusWriteRejected";
+
+/// Every Event reason the agent records: the `reason` label of `events_total`.
+pub fn reasons() -> impl Iterator<Item = &'static str> {
+    NoticeKind::ALL.map(NoticeKind::reason).into_iter().chain([STATUS_WRITE_REJECTED])
+}
 
 /// An Event the engine wants on a VMI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +54,7 @@ impl EventSender {
     /// Never waits: callable from the engine's thread and from async code alike.
     pub fn send(&self, ev: VmiEvent) {
         if let Err(mpsc::error::TrySendError::Full(ev)) = self.tx.try_send(ev) {
-            self.counts.get_or_create(&EventLabels { reason: ev.reason, result: "dropped" }).inc();
+            self.counts.get_or_create(&EventLabels::new(ev.reason, EventResult::Dropped)).inc();
         }
     }
 }
@@ -67,13 +78,13 @@ pub async fn run(client: Client, node: String, mut rx: Receiver<VmiEvent>, sent:
             secondary: None,
         };
         let result = match recorder.publish(&event, &reference).await {
-            Ok(()) => "sent",
+            Ok(()) => EventResult::Sent,
             Err(e) => {
                 tracing::warn!(vmi = %ev.vmi.name, namespace = %ev.vmi.namespace, reason = ev.reason, error = %e, "cannot record Event");
-                "failed"
+                EventResult::Failed
             }
         };
-        sent.get_or_create(&EventLabels { reason: ev.reason, result }).inc();
+        sent.get_or_create(&EventLabels::new(ev.reason, result)).inc();
     }
 }
 

@@ -36,8 +36,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::status::{error_text, outcome};
-use super::write_health::{WriteHealth, LEASE};
+use super::outcome::{error_text, WriteKind, WriteResult};
+use super::write_health::WriteHealth;
+use crate::backoff::Backoff;
 use crate::metrics::WriteLabels;
 use crate::sources::health::{Health, MOUNT_TABLE_READINESS};
 
@@ -47,7 +48,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(60);
 pub const MAX_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 /// A write that takes longer is abandoned (and retried); never longer than the interval.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first retry after a failed write; doubling up to the renew interval.
+/// The first retry after a failed write (jittered); doubling up to the renew interval.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const FIELD_MANAGER: &str = "hotplug-watchdog";
 
@@ -241,13 +242,12 @@ pub enum Answer {
     Failed,
 }
 
-impl Answer {
-    /// From a `status_writes_total` result label.
-    pub fn from_result(result: &str) -> Self {
+impl From<WriteResult> for Answer {
+    fn from(result: WriteResult) -> Self {
         match result {
-            "ok" => Answer::Written,
-            "not_found" => Answer::NotFound,
-            "conflict" => Answer::Exists,
+            WriteResult::Ok => Answer::Written,
+            WriteResult::NotFound => Answer::NotFound,
+            WriteResult::Conflict => Answer::Exists,
             _ => Answer::Failed,
         }
     }
@@ -255,12 +255,13 @@ impl Answer {
 
 /// Decides the writes: patch first (the lease usually exists: one request per renewal),
 /// create on a 404, patch again on a 409 from the create; a failed write is retried after
-/// 1 s, doubling, never later than one renew interval (two tries fit in a lease duration).
+/// 1 s, doubling, never later than one renew interval (two tries fit in a lease duration),
+/// each wait jittered ([`Backoff`]).
 #[derive(Debug)]
 pub struct Renewer {
     interval: Duration,
     next: Write,
-    retry: Option<Duration>,
+    retry: Backoff,
     /// Writes in a row that followed a 404 or 409 at once: bounded, so that a lease
     /// deleted and created by someone else in a loop cannot make a busy loop.
     quick: u8,
@@ -268,7 +269,7 @@ pub struct Renewer {
 
 impl Renewer {
     pub fn new(interval: Duration) -> Self {
-        Renewer { interval, next: Write::Renew { claim: true }, retry: None, quick: 0 }
+        Renewer { interval, next: Write::Renew { claim: true }, retry: Backoff::new(FIRST_RETRY, interval), quick: 0 }
     }
 
     pub fn next(&self) -> Write {
@@ -290,7 +291,8 @@ impl Renewer {
         match (self.next, answer) {
             (_, Answer::Written) => {
                 self.next = Write::Renew { claim: false };
-                (self.retry, self.quick) = (None, 0);
+                self.retry.reset();
+                self.quick = 0;
                 self.interval
             }
             (Write::Renew { .. }, Answer::NotFound) if self.quick < 2 => {
@@ -305,9 +307,7 @@ impl Renewer {
             }
             _ => {
                 self.quick = 0;
-                let delay = self.retry.map_or(FIRST_RETRY, |d| d * 2).min(self.interval);
-                self.retry = Some(delay);
-                delay
+                self.retry.next_delay()
             }
         }
     }
@@ -328,7 +328,7 @@ pub async fn run(
     failing: Gauge,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let mut failures = WriteHealth::new(LEASE, health.clone(), failing);
+    let mut failures = WriteHealth::new(WriteKind::Lease, health.clone(), failing);
     failures.not_written_yet("not written yet");
     let mut renewer = Renewer::new(config.renew_interval);
     // Held back at start (until the node is read and the watches are in sync: /readyz
@@ -340,9 +340,10 @@ pub async fn run(
     let mut changes = health.subscribe();
     loop {
         changes.borrow_and_update();
-        if let Err(why) =
-            may_renew(health.check(stall_after), health.readiness_apart_from(&[LEASE.readiness, MOUNT_TABLE_READINESS]))
-        {
+        if let Err(why) = may_renew(
+            health.check(stall_after),
+            health.readiness_apart_from(&[WriteKind::Lease.readiness(), MOUNT_TABLE_READINESS]),
+        ) {
             if !held_back {
                 tracing::warn!(reason = %why, "not renewing the lease while the agent is not healthy and ready; consumers will see it run out");
                 held_back = true;
@@ -372,9 +373,9 @@ pub async fn run(
                 (tokio::time::timeout(config.write_timeout(), create).await.map(|r| r.map(drop)), "create")
             }
         };
-        let label = outcome(&result);
-        writes.get_or_create(&WriteLabels { kind: LEASE.label, result: label }).inc();
-        let answer = Answer::from_result(label);
+        let label = WriteResult::of(&result);
+        writes.get_or_create(&WriteLabels::new(WriteKind::Lease, label)).inc();
+        let answer = Answer::from(label);
         if answer == Answer::Written {
             if failures.is_failing() {
                 tracing::info!(lease = %config.name, "lease written again");
@@ -384,11 +385,14 @@ pub async fn run(
         } else if renewer.is_failure(answer) {
             let error = error_text(&result, config.write_timeout());
             if !failures.is_failing() {
-                tracing::warn!(lease = %config.name, write = what, result = label, %error, "cannot write this node's lease; retrying; not ready meanwhile");
+                tracing::warn!(lease = %config.name, write = what, result = label.label(), %error, "cannot write this node's lease; retrying; not ready meanwhile");
             }
-            failures.failed(&config.name, format!("{what} {}/{} ({label}): {error}", config.namespace, config.name));
+            failures.failed(
+                &config.name,
+                format!("{what} {}/{} ({}): {error}", config.namespace, config.name, label.label()),
+            );
         } else {
-            tracing::debug!(lease = %config.name, write = what, result = label, "lease not there yet or just created; writing again at once");
+            tracing::debug!(lease = %config.name, write = what, result = label.label(), "lease not there yet or just created; writing again at once");
         }
         let delay = renewer.answered(answer);
         tokio::time::sleep(delay).await;
@@ -489,17 +493,16 @@ mod tests {
         assert_eq!(r.next(), Write::Renew { claim: true });
         assert_eq!(r.answered(Answer::Written), S(10));
         assert_eq!(r.next(), Write::Renew { claim: false });
-        // Refused: retried after 1, 2, 4, 8 s, then every interval.
-        let delays: Vec<Duration> = (0..6)
-            .map(|_| {
-                assert!(r.is_failure(Answer::Failed));
-                r.answered(Answer::Failed)
-            })
-            .collect();
-        assert_eq!(delays, [S(1), S(2), S(4), S(8), S(10), S(10)]);
+        // Refused: retried after 1, 2, 4, 8 s, then every interval (each jittered into the
+        // upper half of its step: never later than the interval).
+        for step in [S(1), S(2), S(4), S(8), S(10), S(10)] {
+            assert!(r.is_failure(Answer::Failed));
+            let d = r.answered(Answer::Failed);
+            assert!(d >= step / 2 && d <= step, "{step:?}: {d:?}");
+        }
         assert_eq!(r.next(), Write::Renew { claim: false });
         assert_eq!(r.answered(Answer::Written), S(10));
-        assert_eq!(r.answered(Answer::Failed), S(1), "the backoff starts over after a success");
+        assert!(r.answered(Answer::Failed) <= S(1), "the backoff starts over after a success");
     }
 
     #[test]
@@ -509,12 +512,12 @@ mod tests {
         assert_eq!(r.answered(Answer::Exists), Duration::ZERO);
         // Gone again: the third quick step in a row is a failure with a backoff.
         assert!(r.is_failure(Answer::NotFound));
-        assert_eq!(r.answered(Answer::NotFound), S(1));
+        assert!(r.answered(Answer::NotFound) >= Duration::from_millis(500), "a wait, not a busy loop");
         assert_eq!(r.next(), Write::Renew { claim: true });
         assert_eq!(r.answered(Answer::NotFound), Duration::ZERO);
         assert_eq!(r.next(), Write::Create);
         assert!(r.is_failure(Answer::Failed));
-        assert_eq!(r.answered(Answer::Failed), S(2));
+        assert!(r.answered(Answer::Failed) >= S(1), "the backoff goes on growing");
         assert_eq!(r.next(), Write::Create, "a refused create is retried as a create");
     }
 
@@ -529,12 +532,13 @@ mod tests {
     }
 
     #[test]
-    fn answers_from_result_labels() {
-        assert_eq!(Answer::from_result("ok"), Answer::Written);
-        assert_eq!(Answer::from_result("not_found"), Answer::NotFound);
-        assert_eq!(Answer::from_result("conflict"), Answer::Exists);
-        for failed in ["forbidden", "unauthorized", "timeout", "error", "test_failed"] {
-            assert_eq!(Answer::from_result(failed), Answer::Failed, "{failed}");
+    fn answers_from_write_results() {
+        assert_eq!(Answer::from(WriteResult::Ok), Answer::Written);
+        assert_eq!(Answer::from(WriteResult::NotFound), Answer::NotFound);
+        assert_eq!(Answer::from(WriteResult::Conflict), Answer::Exists);
+        use WriteResult::*;
+        for failed in [Forbidden, Unauthorized, Timeout, Error, TestFailed] {
+            assert_eq!(Answer::from(failed), Answer::Failed, "{failed:?}");
         }
     }
 }

@@ -8,26 +8,27 @@ pub mod client;
 pub mod conditions;
 pub mod events;
 pub mod lease;
+pub mod objects;
+pub mod outcome;
 pub mod status;
 pub mod view;
 pub mod volume_status;
 pub mod write_health;
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, GroupVersionKind, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc;
 
-use crate::model::ClusterView;
-use status::{ConditionWriter, VmiStatusWriter};
+use crate::backoff::Backoff;
+use crate::model::{ClusterView, PodUid};
+use objects::{PodObject, VmiObject, WatchedPod, WatchedVmi};
 
 use crate::sources::health::Health;
 use crate::sources::{Message, Sender};
@@ -55,46 +56,94 @@ impl Watched {
     }
 }
 
-/// What one watch reports to the loop that builds the view.
-enum Update<K> {
+/// What one watch reports to the loop that builds the view, objects already slimmed.
+enum Update<T> {
     /// A complete list: the watch is (again) in sync.
-    Listed(Vec<K>),
-    Applied(K),
-    Deleted(K),
+    Listed(Vec<T>),
+    Applied(T),
+    Deleted(T),
     Failed(String),
 }
 
-/// The objects one watch holds, by UID; complete once `synced`.
-struct Objects<K> {
-    by_uid: BTreeMap<String, K>,
+/// A watched object, split into what decides roles (a change rebuilds the view) and what
+/// only the status writers compare.
+trait Slim {
+    type Meta: PartialEq;
+    fn uid(&self) -> &str;
+    fn meta(&self) -> &Self::Meta;
+}
+
+impl Slim for WatchedPod {
+    type Meta = objects::PodMeta;
+    fn uid(&self) -> &str {
+        &self.meta.uid
+    }
+    fn meta(&self) -> &Self::Meta {
+        &self.meta
+    }
+}
+
+impl Slim for WatchedVmi {
+    type Meta = objects::VmiMeta;
+    fn uid(&self) -> &str {
+        &self.meta.uid
+    }
+    fn meta(&self) -> &Self::Meta {
+        &self.meta
+    }
+}
+
+/// What changed with one batch of updates.
+#[derive(Clone, Copy, Default)]
+struct Changed {
+    /// Something that decides roles or names: the view is built again.
+    roles: bool,
+    /// Anything at all, a status the agent writes included: the writers look again.
+    any: bool,
+}
+
+impl std::ops::BitOrAssign for Changed {
+    fn bitor_assign(&mut self, other: Changed) {
+        self.roles |= other.roles;
+        self.any |= other.any;
+    }
+}
+
+/// The objects one watch holds, by UID; complete once `synced`. Shared (`Arc`) with the
+/// status writers' snapshots, so that a snapshot costs a pointer per object.
+struct Objects<T> {
+    by_uid: BTreeMap<PodUid, Arc<T>>,
     synced: bool,
     failing: bool,
 }
 
-impl<K: Resource> Objects<K> {
+impl<T: Slim> Objects<T> {
     fn new() -> Self {
         Objects { by_uid: BTreeMap::new(), synced: false, failing: false }
     }
 
-    fn uid(o: &K) -> String {
-        o.meta().uid.clone().unwrap_or_default()
+    fn put(&mut self, o: T) -> Changed {
+        let uid = PodUid::from(o.uid());
+        let roles = self.by_uid.get(uid.as_str()).is_none_or(|old| old.meta() != o.meta());
+        self.by_uid.insert(uid, Arc::new(o));
+        Changed { roles, any: true }
     }
 
-    fn apply(&mut self, which: Watched, update: Update<K>, health: &Health) {
+    fn apply(&mut self, which: Watched, update: Update<T>, health: &Health) -> Changed {
         match update {
             Update::Listed(list) => {
                 if !self.synced || self.failing {
                     tracing::info!(watch = which.condition(), objects = list.len(), "API watch in sync");
                 }
-                self.by_uid = list.into_iter().map(|o| (Self::uid(&o), o)).collect();
+                self.by_uid = list.into_iter().map(|o| (PodUid::from(o.uid()), Arc::new(o))).collect();
                 (self.synced, self.failing) = (true, false);
                 health.set_unready(which.condition(), None);
+                Changed { roles: true, any: true }
             }
-            Update::Applied(o) => {
-                self.by_uid.insert(Self::uid(&o), o);
-            }
+            Update::Applied(o) => self.put(o),
             Update::Deleted(o) => {
-                self.by_uid.remove(&Self::uid(&o));
+                let gone = self.by_uid.remove(o.uid()).is_some();
+                Changed { roles: gone, any: gone }
             }
             Update::Failed(e) => {
                 if !self.failing {
@@ -102,19 +151,28 @@ impl<K: Resource> Objects<K> {
                 }
                 self.failing = true;
                 health.set_unready(which.condition(), Some(format!("failing: {e}")));
+                Changed::default()
             }
         }
     }
 }
 
-/// Follows one kind of object. Any error ends the watch; after a backoff it starts over
-/// with a list, so that "in sync" always means a complete list was seen since the error
-/// (a watch that resumes quietly would leave readiness guessing).
-async fn follow<K>(api: Api<K>, config: watcher::Config, which: Watched, tx: UnboundedSender<(Watched, Update<K>)>)
+/// How many updates of one watch may wait for the loop that builds the view. Full, the
+/// watch task waits (backpressure): kube's watcher then reads no further from the API
+/// server, whose watch buffers the rest (or ends it, and the relist brings everything).
+/// Nothing is lost, and memory stays bounded while the loop catches up.
+const UPDATE_QUEUE: usize = 256;
+
+/// Follows one kind of object, slimming each as it arrives (`slim`). Any error ends the
+/// watch; after a jittered backoff it starts over with a list, so that "in sync" always
+/// means a complete list was seen since the error. (kube's watcher would resume the watch
+/// quietly from its last resourceVersion, emitting nothing, and readiness could not tell
+/// when it is caught up.)
+async fn follow<K, T>(api: Api<K>, config: watcher::Config, slim: impl Fn(K) -> T, tx: mpsc::Sender<Update<T>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
         let mut listing = Vec::new();
@@ -125,29 +183,26 @@ where
                     continue;
                 }
                 Ok(watcher::Event::InitApply(o)) => {
-                    listing.push(o);
+                    listing.push(slim(o));
                     continue;
                 }
                 Ok(watcher::Event::InitDone) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     Update::Listed(std::mem::take(&mut listing))
                 }
-                Ok(watcher::Event::Apply(o)) => Update::Applied(o),
-                Ok(watcher::Event::Delete(o)) => Update::Deleted(o),
+                Ok(watcher::Event::Apply(o)) => Update::Applied(slim(o)),
+                Ok(watcher::Event::Delete(o)) => Update::Deleted(slim(o)),
                 Err(e) => Update::Failed(e.to_string()),
             };
             let failed = matches!(update, Update::Failed(_));
-            if tx.send((which, update)).is_err() {
+            if tx.send(update).await.is_err() {
                 return;
             }
             if failed {
                 break;
             }
         }
-        // Jitter keeps a fleet of agents from reconnecting in step after an outage.
-        let jitter = Duration::from_millis(u64::from(std::process::id() % 250));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -166,23 +221,34 @@ fn vmi_selector(node: &str) -> String {
 /// One look, for `scan`: two lists, no watch.
 pub async fn list_view(client: Client, node: &str) -> Result<ClusterView, kube::Error> {
     let (fields, labels) = pod_selectors(node);
-    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&fields).labels(&labels)).await?;
-    let vmis = Api::<DynamicObject>::all_with(client, &vmi_resource())
-        .list(&ListParams::default().labels(&vmi_selector(node)))
-        .await?;
-    Ok(ClusterView::build(pods.items.iter(), vmis.items.iter()))
+    let pods =
+        Api::<PodObject>::all(client.clone()).list(&ListParams::default().fields(&fields).labels(&labels)).await?;
+    let vmis = Api::<VmiObject>::all(client).list(&ListParams::default().labels(&vmi_selector(node))).await?;
+    let pods: Vec<_> = pods.items.into_iter().map(|p| WatchedPod::from(p).meta).collect();
+    let vmis: Vec<_> = vmis.items.into_iter().map(|v| WatchedVmi::new(v, false).meta).collect();
+    Ok(ClusterView::build(&pods, &vmis))
 }
 
-/// Watches forever; sends a new view to the engine whenever it changes, and keeps the
-/// attachment pods' conditions in line with the verdicts the engine sends back.
+/// What the status writers see of the cluster: the newest view and the objects it was
+/// built from, as the watches hold them.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub view: Arc<ClusterView>,
+    pub pods: BTreeMap<PodUid, Arc<WatchedPod>>,
+    pub vmis: BTreeMap<PodUid, Arc<WatchedVmi>>,
+}
+
+/// Watches forever: sends a new view to the engine whenever a role-relevant field of a
+/// pod or VMI changes (and the view with it), and the newest objects to the status
+/// writers (`observed`), which run on their own task: a slow or dead API server never
+/// stalls this loop. `keep_volume_status`: the VMI writer is on and needs volumeStatus.
 pub async fn watch(
     client: Client,
     node: String,
     tx: Sender,
     health: Arc<Health>,
-    mut snapshots: crate::snapshot::Snapshots,
-    mut conditions: ConditionWriter,
-    mut volume_status: VmiStatusWriter,
+    observed: tokio::sync::watch::Sender<Arc<Observed>>,
+    keep_volume_status: bool,
 ) {
     let (fields, labels) = pod_selectors(&node);
     let pod_config = watcher::Config::default().fields(&fields).labels(&labels);
@@ -190,79 +256,49 @@ pub async fn watch(
     for w in [Watched::Pods, Watched::Vmis] {
         health.set_unready(w.condition(), Some("not synced yet".into()));
     }
-    let (pod_tx, mut pod_rx) = unbounded_channel();
-    let (vmi_tx, mut vmi_rx) = unbounded_channel();
+    let (pod_tx, mut pod_rx) = mpsc::channel(UPDATE_QUEUE);
+    let (vmi_tx, mut vmi_rx) = mpsc::channel(UPDATE_QUEUE);
     // Supervised: a watch task that ends or panics makes /healthz fail.
     use crate::sources::health::spawn_supervised;
-    spawn_supervised(&health, "pod watch", follow(Api::<Pod>::all(client.clone()), pod_config, Watched::Pods, pod_tx));
-    let vmis_api = Api::<DynamicObject>::all_with(client, &vmi_resource());
-    spawn_supervised(&health, "VMI watch", follow(vmis_api, vmi_config, Watched::Vmis, vmi_tx));
+    let pods_api = Api::<PodObject>::all(client.clone());
+    spawn_supervised(&health, "pod watch", follow(pods_api, pod_config, WatchedPod::from, pod_tx));
+    let vmis_api = Api::<VmiObject>::all(client);
+    let slim_vmi = move |v| WatchedVmi::new(v, keep_volume_status);
+    spawn_supervised(&health, "VMI watch", follow(vmis_api, vmi_config, slim_vmi, vmi_tx));
 
-    let (mut pods, mut vmis) = (Objects::<Pod>::new(), Objects::<DynamicObject>::new());
-    let mut last_sent: Option<ClusterView> = None;
-    let mut verdicts: Option<Arc<crate::snapshot::Snapshot>> = None;
-    // When to bring the pods' conditions in line next; armed by any change.
-    let mut flush_at: Option<tokio::time::Instant> = None;
+    let (mut pods, mut vmis) = (Objects::<WatchedPod>::new(), Objects::<WatchedVmi>::new());
+    let mut view: Option<Arc<ClusterView>> = None;
     loop {
-        // New verdicts are the node's news: written at once, no coalescing window.
-        let mut node_news = false;
-        let flush = async {
-            match flush_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some((w, u)) = pod_rx.recv() => pods.apply(w, u, &health),
-            Some((w, u)) = vmi_rx.recv() => vmis.apply(w, u, &health),
-            Ok(()) = snapshots.changed() => {
-                verdicts = Some(snapshots.borrow_and_update().clone());
-                node_news = true;
-            }
-            () = flush => {
-                flush_at = None;
-                if let (Some(view), Some(v)) = (&last_sent, &verdicts) {
-                    let launchers = view.vmis.iter().map(|(launcher, vmi)| (vmi.uid.clone(), launcher.clone())).collect();
-                    // No condition before the first full scan and a view from synced watches.
-                    let v = &v.verdicts;
-                    let written = match conditions::desired(v, &view.attachment_pods) {
-                        Some(desired) => conditions.flush(&pods.by_uid, &desired).await,
-                        None => None,
-                    };
-                    let again = [written, volume_status.flush(&vmis.by_uid, &launchers, v).await];
-                    flush_at = again.into_iter().flatten().min().map(Into::into);
-                }
-                continue;
-            }
+        let mut changed = tokio::select! {
+            Some(u) = pod_rx.recv() => pods.apply(Watched::Pods, u, &health),
+            Some(u) = vmi_rx.recv() => vmis.apply(Watched::Vmis, u, &health),
             else => return,
-        }
+        };
         // A burst of changes makes one view.
-        while let Ok((w, u)) = pod_rx.try_recv() {
-            pods.apply(w, u, &health);
+        while let Ok(u) = pod_rx.try_recv() {
+            changed |= pods.apply(Watched::Pods, u, &health);
         }
-        while let Ok((w, u)) = vmi_rx.try_recv() {
-            vmis.apply(w, u, &health);
-        }
-        // Only the newest verdicts count; the channel keeps no others.
-        if snapshots.has_changed().unwrap_or(false) {
-            verdicts = Some(snapshots.borrow_and_update().clone());
-            node_news = true;
+        while let Ok(u) = vmi_rx.try_recv() {
+            changed |= vmis.apply(Watched::Vmis, u, &health);
         }
         // Until both hold a complete list, a view would claim volumes left specs.
-        if !(pods.synced && vmis.synced) {
+        if !(pods.synced && vmis.synced && changed.any) {
             continue;
         }
-        // Changes of cluster objects wait a moment: a burst (a swap, our own writes coming
-        // back) makes one write, and the engine's verdicts catch up with the new view.
-        // Verdicts already reflect the view they were judged with.
-        let coalesced = tokio::time::Instant::now() + if node_news { Duration::ZERO } else { status::COALESCE };
-        flush_at = Some(flush_at.map_or(coalesced, |t| t.min(coalesced)));
-        let view = ClusterView::build(pods.by_uid.values(), vmis.by_uid.values());
-        if last_sent.as_ref() != Some(&view) {
-            last_sent = Some(view.clone());
-            if tx.send(Message::Cluster(Box::new(view))).is_err() {
-                return;
+        if changed.roles || view.is_none() {
+            let new = ClusterView::build(pods.by_uid.values().map(|p| &p.meta), vmis.by_uid.values().map(|v| &v.meta));
+            if view.as_deref() != Some(&new) {
+                if tx.send(Message::Cluster(Box::new(new.clone()))).is_err() {
+                    return;
+                }
+                view = Some(Arc::new(new));
             }
         }
+        let Some(view) = &view else { continue };
+        observed.send_replace(Arc::new(Observed {
+            view: view.clone(),
+            pods: pods.by_uid.clone(),
+            vmis: vmis.by_uid.clone(),
+        }));
     }
 }

@@ -9,11 +9,9 @@
 //! - attachment pods: label `kubevirt.io=hotplug-disk`, a controller ownerReference to the
 //!   launcher pod (not the VMI).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::DynamicObject;
-
+use super::objects::{PodMeta, VmiMeta};
 use crate::model::{ApiAttachment, ApiLauncher, Finished, PodNames};
 pub use crate::model::{ClusterView, VmiRef};
 
@@ -27,20 +25,6 @@ pub const LABEL_NODE_NAME: &str = "kubevirt.io/nodeName";
 /// owner, but only get a PVC bound.
 pub const ANNOTATION_EPHEMERAL_PROVISIONING: &str = "kubevirt.io/ephemeral-provisioning";
 
-fn role(pod: &Pod) -> Option<&str> {
-    pod.metadata.labels.as_ref()?.get(LABEL_KUBEVIRT).map(String::as_str)
-}
-
-/// The controller ownerReference of `kind`: (uid, name).
-fn controller_owner<'a>(pod: &'a Pod, kind: &str) -> Option<(&'a str, &'a str)> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == kind)
-        .map(|o| (o.uid.as_str(), o.name.as_str()))
-}
-
 fn phase_is_final(phase: Option<&str>) -> bool {
     matches!(phase, Some("Succeeded" | "Failed"))
 }
@@ -48,129 +32,115 @@ fn phase_is_final(phase: Option<&str>) -> bool {
 /// A launcher as KubeVirt makes one: labelled `kubevirt.io=virt-launcher`, controller-owned
 /// by a VMI whose UID its `kubevirt.io/created-by` label repeats. (An ownerReference names
 /// an object of the pod's own namespace; the VMI, when watched, is checked to be there.)
-fn confirmed_launcher_vmi<'a>(pod: &'a Pod, vmis: &BTreeMap<&str, &DynamicObject>) -> Option<(&'a str, &'a str)> {
-    if role(pod) != Some(LAUNCHER_ROLE) {
+/// Returns the VMI's (uid, name).
+fn confirmed_launcher_vmi<'a>(pod: &'a PodMeta, vmis: &BTreeMap<&str, &VmiMeta>) -> Option<(&'a str, &'a str)> {
+    if pod.role.as_deref() != Some(LAUNCHER_ROLE) {
         return None;
     }
-    let (vmi_uid, vmi_name) = controller_owner(pod, "VirtualMachineInstance")?;
-    let created_by = pod.metadata.labels.as_ref()?.get(LABEL_CREATED_BY)?;
-    if created_by != vmi_uid {
+    let vmi = pod.controller("VirtualMachineInstance")?;
+    if pod.created_by.as_deref() != Some(vmi.uid.as_str()) {
         return None;
     }
-    if let Some(vmi) = vmis.get(vmi_uid) {
-        if vmi.metadata.namespace != pod.metadata.namespace {
+    if let Some(watched) = vmis.get(vmi.uid.as_str()) {
+        if watched.namespace != pod.namespace {
             return None;
         }
     }
-    Some((vmi_uid, vmi_name))
+    Some((&vmi.uid, &vmi.name))
 }
 
 impl ClusterView {
     /// Builds the view from the watched objects. The watches are node-scoped (pods by
     /// `spec.nodeName`, VMIs by `kubevirt.io/nodeName`): every pod here is on this node.
-    pub fn build<'a>(
-        pods: impl IntoIterator<Item = &'a Pod>,
-        vmis: impl IntoIterator<Item = &'a DynamicObject>,
+    pub fn build<'p, 'v>(
+        pods: impl IntoIterator<Item = &'p PodMeta>,
+        vmis: impl IntoIterator<Item = &'v VmiMeta>,
     ) -> Self {
-        let vmis_by_uid: BTreeMap<&str, &DynamicObject> =
-            vmis.into_iter().filter_map(|v| Some((v.metadata.uid.as_deref()?, v))).collect();
+        let vmis_by_uid: BTreeMap<&str, &VmiMeta> = vmis.into_iter().map(|v| (v.uid.as_str(), v)).collect();
         let mut view = ClusterView::default();
-        let pods: BTreeMap<&str, &Pod> =
-            pods.into_iter().filter_map(|p| Some((p.metadata.uid.as_deref()?, p))).collect();
+        let pods: BTreeMap<&str, &PodMeta> = pods.into_iter().map(|p| (p.uid.as_str(), p)).collect();
 
         for (&uid, pod) in &pods {
             let Some((vmi_uid, vmi_name)) = confirmed_launcher_vmi(pod, &vmis_by_uid) else { continue };
             let vmi = vmis_by_uid.get(vmi_uid);
-            let finished = if vmi.is_some_and(|v| phase_is_final(vmi_phase(v))) {
+            let finished = if vmi.is_some_and(|v| phase_is_final(v.phase.as_deref())) {
                 Some(Finished::VmiFinal)
-            } else if pod.metadata.deletion_timestamp.is_some()
-                || phase_is_final(pod.status.as_ref().and_then(|s| s.phase.as_deref()))
-            {
+            } else if pod.deleting || phase_is_final(pod.phase.as_deref()) {
                 Some(Finished::LauncherDone)
             } else {
                 None
             };
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
             if let Some(v) = vmi {
                 view.vmis.insert(
                     uid.into(),
-                    VmiRef {
-                        namespace: ns.clone(),
-                        name: v.metadata.name.clone().unwrap_or_default(),
-                        uid: vmi_uid.into(),
-                    },
+                    VmiRef { namespace: pod.namespace.clone(), name: v.name.clone(), uid: vmi_uid.into() },
                 );
             }
             view.facts
                 .launchers
-                .insert(uid.into(), ApiLauncher { spec_volumes: vmi.map(|v| spec_volume_names(v)), finished });
+                .insert(uid.into(), ApiLauncher { spec_volumes: vmi.map(|v| v.spec_volumes.clone()), finished });
             // The VMI may not be watched (yet, or any more): its name is in the
             // launcher's ownerReference too.
             view.names.insert(
                 uid.into(),
-                PodNames { namespace: Some(ns), vmi: Some(vmi_name.to_string()), pod: pod.metadata.name.clone() },
+                PodNames {
+                    namespace: Some(pod.namespace.clone()),
+                    vmi: Some(vmi_name.to_string()),
+                    pod: Some(pod.name.clone()),
+                },
             );
         }
 
-        for (&uid, pod) in pods.iter().filter(|(_, p)| role(p) == Some(ATTACHMENT_ROLE)) {
-            let Some((launcher, _)) = controller_owner(pod, "Pod") else { continue };
+        for (&uid, pod) in pods.iter().filter(|(_, p)| p.role.as_deref() == Some(ATTACHMENT_ROLE)) {
+            let Some(launcher) = pod.controller("Pod").map(|c| c.uid.as_str()) else { continue };
             // The launcher must be a confirmed launcher of the same namespace. One the
             // watch does not hold (yet) leaves the pod in doubt (Unknown); one it holds
             // that is no launcher, or lives in another namespace, disowns the pod.
             match pods.get(launcher) {
-                Some(l)
-                    if view.facts.launchers.contains_key(launcher)
-                        && l.metadata.namespace == pod.metadata.namespace => {}
+                Some(l) if view.facts.launchers.contains_key(launcher) && l.namespace == pod.namespace => {}
                 Some(_) => continue,
                 None => {}
             }
-            let trigger = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_EPHEMERAL_PROVISIONING))
-                .is_some_and(|v| v == "true");
             // The API server always sets creationTimestamp; without one, count it oldest.
-            let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
+            let created = pod.created.unwrap_or(0);
             view.facts
                 .attachment_pods
-                .insert(uid.into(), ApiAttachment { launcher: launcher.into(), created, trigger });
-            view.attachment_pods.insert(uid.into(), pod.metadata.name.clone().unwrap_or_default());
+                .insert(uid.into(), ApiAttachment { launcher: launcher.into(), created, trigger: pod.trigger });
+            view.attachment_pods.insert(uid.into(), pod.name.clone());
             let vmi = view.names.get(launcher).and_then(|n| n.vmi.clone());
             view.names.insert(
                 uid.into(),
-                PodNames { namespace: pod.metadata.namespace.clone(), vmi, pod: pod.metadata.name.clone() },
+                PodNames { namespace: Some(pod.namespace.clone()), vmi, pod: Some(pod.name.clone()) },
             );
         }
         view
     }
 }
 
-fn vmi_phase(vmi: &DynamicObject) -> Option<&str> {
-    vmi.data.get("status")?.get("phase")?.as_str()
-}
-
-/// `spec.volumes[].name` of a VMI; malformed entries are passed over.
-fn spec_volume_names(vmi: &DynamicObject) -> BTreeSet<String> {
-    vmi.data
-        .get("spec")
-        .and_then(|s| s.get("volumes"))
-        .and_then(|v| v.as_array())
-        .map(|vols| vols.iter().filter_map(|v| v.get("name")?.as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::objects::{PodObject, VmiObject, WatchedPod, WatchedVmi};
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
+    use std::collections::BTreeSet;
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
     }
 
-    fn vmi(v: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(v).unwrap()
+    fn vmi(v: serde_json::Value) -> VmiMeta {
+        WatchedVmi::new(serde_json::from_value::<VmiObject>(v).unwrap(), false).meta
+    }
+
+    /// The view as the watches build it: from the slimmed objects.
+    fn build<'a, 'b>(
+        pods: impl IntoIterator<Item = &'a Pod>,
+        vmis: impl IntoIterator<Item = &'b VmiMeta>,
+    ) -> ClusterView {
+        let slim = |p: &Pod| serde_json::from_value::<PodObject>(serde_json::to_value(p).unwrap()).unwrap();
+        let pods: Vec<PodMeta> = pods.into_iter().map(|p| WatchedPod::from(slim(p)).meta).collect();
+        ClusterView::build(&pods, vmis)
     }
 
     fn launcher(uid: &str, ns: &str, vmi_uid: &str, created_by: &str) -> Pod {
@@ -193,7 +163,7 @@ mod tests {
         json!([{"apiVersion": "v1", "kind": "Pod", "name": "x", "uid": launcher, "controller": true}])
     }
 
-    fn vm1(phase: &str) -> DynamicObject {
+    fn vm1(phase: &str) -> VmiMeta {
         vmi(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "vm1", "namespace": "ns1", "uid": "V1"},
@@ -208,7 +178,7 @@ mod tests {
         let attach = attachment("A1", "ns1", owned_by("L1"));
         let other = pod(json!({"metadata": {"name": "x", "namespace": "ns1", "uid": "X"}}));
         let v = vm1("Running");
-        let view = ClusterView::build([&l1, &attach, &other], [&v]);
+        let view = build([&l1, &attach, &other], [&v]);
         assert_eq!(view.facts.attachment_pods["A1"].launcher, "L1");
         assert_eq!(view.facts.attachment_pods["A1"].created, 1_796_018_400);
         assert!(!view.facts.attachment_pods["A1"].trigger);
@@ -224,7 +194,7 @@ mod tests {
     #[test]
     fn launcher_without_a_watched_vmi_still_has_a_name_but_no_spec() {
         let l2 = launcher("L2", "ns2", "V2", "V2");
-        let view = ClusterView::build([&l2], []);
+        let view = build([&l2], []);
         assert_eq!(view.names["L2"].vmi.as_deref(), Some("vm1"));
         assert_eq!(view.facts.launchers["L2"].spec_volumes, None, "no spec known: no claim about unplugs");
     }
@@ -250,7 +220,7 @@ mod tests {
         );
         // Its launcher is not in the watch cache (yet): kept, to be reported Unknown.
         let launcher_unseen = attachment("A6", "ns1", owned_by("L7"));
-        let view = ClusterView::build(
+        let view = build(
             [&good, &forged_launcher, &cross_ns, &owned_by_forged, &label_only, &not_controller, &launcher_unseen],
             [&v],
         );
@@ -264,13 +234,13 @@ mod tests {
         // The same VMI UID watched in another namespace disowns the launcher too.
         let elsewhere = vmi(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "vm1", "namespace": "other", "uid": "V1"}}));
-        assert!(ClusterView::build([&good], [&elsewhere]).facts.launchers.is_empty());
+        assert!(build([&good], [&elsewhere]).facts.launchers.is_empty());
     }
 
     #[test]
     fn finished_vmis_launchers_and_trigger_pods_are_marked() {
         let l1 = launcher("L1", "ns1", "V1", "V1");
-        let view = ClusterView::build([&l1], [&vm1("Failed")]);
+        let view = build([&l1], [&vm1("Failed")]);
         assert_eq!(view.facts.launchers["L1"].finished, Some(Finished::VmiFinal));
         for status in [
             json!({"metadata": {"deletionTimestamp": "2026-11-30T06:00:00Z"}}),
@@ -279,7 +249,7 @@ mod tests {
             let mut done = serde_json::to_value(&l1).unwrap();
             json_patch::merge(&mut done, &status);
             let done = pod(done);
-            let view = ClusterView::build([&done], [&vm1("Running")]);
+            let view = build([&done], [&vm1("Running")]);
             assert_eq!(view.facts.launchers["L1"].finished, Some(Finished::LauncherDone), "{status}");
         }
         let mut trigger = serde_json::to_value(attachment("T1", "ns1", owned_by("L1"))).unwrap();
@@ -288,7 +258,7 @@ mod tests {
             &json!({"metadata": {"annotations": {ANNOTATION_EPHEMERAL_PROVISIONING: "true"}}}),
         );
         let trigger = pod(trigger);
-        let view = ClusterView::build([&l1, &trigger], [&vm1("Running")]);
+        let view = build([&l1, &trigger], [&vm1("Running")]);
         assert!(view.facts.attachment_pods["T1"].trigger);
     }
 }

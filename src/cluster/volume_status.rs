@@ -37,17 +37,40 @@ fn ours(launcher: &PodUid, name: &str, verdicts: &Verdicts) -> Option<(&'static 
     })
 }
 
+/// One entry of a VMI's `status.volumeStatus`, the fields the agent reads; a field that is
+/// missing or not a string is `None`. Entries are kept in order: patches address them by
+/// index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct VolumeStatusEntry {
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
+    pub phase: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
+    pub reason: Option<String>,
+    #[serde(default, deserialize_with = "super::objects::lenient_text")]
+    pub message: Option<String>,
+}
+
+/// The entries of a VMI's `status.volumeStatus`, the VMI as the API returns it; `None`
+/// when it has none.
+pub fn entries(vmi: &Value) -> Option<Vec<VolumeStatusEntry>> {
+    serde_json::from_value(vmi.pointer("/status/volumeStatus")?.clone()).ok()
+}
+
 /// The JSON patch that brings the VMI's volumeStatus in line, or `None` when it is.
 /// `expect` lists, per changed entry, the reason it must carry afterwards (`None`: none of
 /// ours), so that a write that "succeeded" but was put back can be told.
-pub fn patch(vmi: &Value, launcher: &PodUid, verdicts: &Verdicts) -> Option<(Vec<Value>, Vec<Expectation>)> {
-    let entries = vmi.pointer("/status/volumeStatus")?.as_array()?;
+pub fn patch(
+    entries: &[VolumeStatusEntry],
+    launcher: &PodUid,
+    verdicts: &Verdicts,
+) -> Option<(Vec<Value>, Vec<Expectation>)> {
     let mut ops = Vec::new();
     let mut expect = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        let (Some(name), Some(phase)) = (entry["name"].as_str(), entry["phase"].as_str()) else { continue };
-        let reason = entry.get("reason").and_then(Value::as_str);
-        let message = entry.get("message").and_then(Value::as_str);
+        let (Some(name), Some(phase)) = (entry.name.as_deref(), entry.phase.as_deref()) else { continue };
+        let (reason, message) = (entry.reason.as_deref(), entry.message.as_deref());
         let base = format!("/status/volumeStatus/{i}");
         let guard = [
             json!({"op": "test", "path": format!("{base}/name"), "value": name}),
@@ -128,6 +151,11 @@ mod tests {
             {"name": "rootdisk", "phase": "Ready", "target": "vda"},
             disk1,
         ]}})
+    }
+
+    /// The patch for a VMI as the API returns it.
+    fn patch(vmi: &Value, launcher: &PodUid, verdicts: &Verdicts) -> Option<(Vec<Value>, Vec<Expectation>)> {
+        super::patch(&entries(vmi)?, launcher, verdicts)
     }
 
     fn apply(doc: &Value, ops: &[Value]) -> Result<Value, String> {

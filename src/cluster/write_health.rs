@@ -14,28 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::sources::health::Health;
 
-/// One kind of write, as metrics and `/readyz` name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriteKind {
-    /// The `kind` label of `status_writes_total` and `status_writes_failing`.
-    pub label: &'static str,
-    /// The name of its reason in `/readyz`.
-    pub readiness: &'static str,
-}
-
-pub const LEASE: WriteKind = WriteKind { label: "lease", readiness: "lease writes" };
-pub const POD_CONDITIONS: WriteKind = WriteKind { label: "pod_conditions", readiness: "pod_conditions writes" };
-
-/// What one write's result label (see `status::outcome`) says about the writer's health:
-/// `Some(true)` written, `Some(false)` failing, `None` neither (the object is gone: nothing
-/// is stale and nothing is left to write).
-pub fn judge(result: &str) -> Option<bool> {
-    match result {
-        "ok" => Some(true),
-        "not_found" => None,
-        _ => Some(false),
-    }
-}
+use super::outcome::{WriteKind, WriteResult};
 
 /// The failing objects of one kind, published to readiness and the gauge on every change.
 pub struct WriteHealth {
@@ -53,6 +32,15 @@ impl WriteHealth {
         let h = WriteHealth { kind, health, gauge, failing: BTreeMap::new(), not_yet: None };
         h.publish();
         h
+    }
+
+    /// Records one write's result: `why` is the failure as `/readyz` shows it.
+    pub fn record(&mut self, object: &str, result: WriteResult, why: impl FnOnce() -> String) {
+        match result.written() {
+            Some(true) => self.succeeded(object),
+            Some(false) => self.failed(object, why()),
+            None => self.forget(object),
+        }
     }
 
     /// Unready until the first write succeeds (not counted as failing).
@@ -97,7 +85,7 @@ impl WriteHealth {
 
     fn publish(&self) {
         self.gauge.set(i64::from(self.is_failing()));
-        self.health.set_unready(self.kind.readiness, describe(&self.failing, self.not_yet.as_deref()));
+        self.health.set_unready(self.kind.readiness(), describe(&self.failing, self.not_yet.as_deref()));
     }
 }
 
@@ -119,7 +107,7 @@ mod tests {
         let health = Arc::new(Health::default());
         health.set_ready(true);
         let gauge = Gauge::default();
-        let w = WriteHealth::new(POD_CONDITIONS, health.clone(), gauge.clone());
+        let w = WriteHealth::new(WriteKind::PodConditions, health.clone(), gauge.clone());
         (health, gauge, w)
     }
 
@@ -147,7 +135,7 @@ mod tests {
         let health = Arc::new(Health::default());
         health.set_ready(true);
         let gauge = Gauge::default();
-        let mut w = WriteHealth::new(LEASE, health.clone(), gauge.clone());
+        let mut w = WriteHealth::new(WriteKind::Lease, health.clone(), gauge.clone());
         w.not_written_yet("not written yet");
         assert_eq!(health.readiness().unwrap_err(), "lease writes: not written yet");
         assert_eq!(gauge.get(), 0);
@@ -155,14 +143,5 @@ mod tests {
         assert_eq!(health.readiness().unwrap_err(), "lease writes: failing: forbidden: no");
         w.succeeded("lease");
         assert_eq!(health.readiness(), Ok(()));
-    }
-
-    #[test]
-    fn results() {
-        assert_eq!(judge("ok"), Some(true));
-        assert_eq!(judge("not_found"), None);
-        for failing in ["forbidden", "unauthorized", "timeout", "error", "conflict", "test_failed"] {
-            assert_eq!(judge(failing), Some(false), "{failing}");
-        }
     }
 }
