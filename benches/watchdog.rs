@@ -232,11 +232,6 @@ impl Node {
         self.plug(i, loop_add());
     }
 
-    fn launcher_node(&self, i: usize) -> PathBuf {
-        let v = &self.volumes[i];
-        self.tree.hotplug_dir(&self.vms[v.vm].launcher_uid).join(&v.name)
-    }
-
     fn remove_all_devices(&mut self) {
         let present: Vec<u32> = self
             .volumes
@@ -622,9 +617,10 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
 fn clear_conditions(cp: &ControlPlane, node: &Node) {
     let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), &node.namespace);
     let patch = kube::api::Patch::Merge(json!({"status": {"conditions": null}}));
+    let params = kube::api::PatchParams::default();
     cp.rt.block_on(
         futures::stream::iter(&node.vms)
-            .map(|vm| pods.patch_status(&vm.attachment_name, &kube::api::PatchParams::default(), &patch))
+            .map(|vm| pods.patch_status(&vm.attachment_name, &params, &patch))
             .buffer_unordered(16)
             .for_each(|r| async move {
                 r.expect("clear an attachment pod's conditions");
@@ -907,13 +903,14 @@ impl Npd {
         let pid = self.child.id();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("NPD is running");
         let sampled = self.spawned.elapsed();
-        // Fields after "(comm) ": state is field 3, utime..cstime are 14..17.
-        let fields: Vec<u64> =
-            stat[stat.rfind(')').unwrap() + 2..].split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+        // The fields after "(comm) ", from field 3 (state) on; cutime and cstime, the CPU
+        // of the children NPD reaped (and of theirs), are fields 16 and 17 of proc(5).
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
         // SAFETY: sysconf has no preconditions.
         let tick = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64;
         let ticks = |n: u64| Duration::from_secs_f64(n as f64 / tick);
-        let plugin_cpu = ticks(fields[13] + fields[14]);
+        let plugin_cpu = ticks(field(16) + field(17));
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let peak_rss_mib = status_field(&status, "VmHWM:") as f64 / 1024.0;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
