@@ -629,7 +629,15 @@ fn clear_conditions(cp: &ControlPlane, node: &Node) {
 }
 
 /// Start-up, idle, detection and footprint of one agent binary on the node, in column `col`.
-fn agent_phases(cp: &ControlPlane, o: &Options, tag: &str, binary: &Path, col: &str, node: &mut Node, figs: &mut Figures) {
+fn agent_phases(
+    cp: &ControlPlane,
+    o: &Options,
+    tag: &str,
+    binary: &Path,
+    col: &str,
+    node: &mut Node,
+    figs: &mut Figures,
+) {
     let col = col.to_string();
     // 1. Start-up.
     let (agent, startup) = AgentProcess::start(cp, node, binary);
@@ -721,7 +729,6 @@ fn agent_phases(cp: &ControlPlane, o: &Options, tag: &str, binary: &Path, col: &
     figs.put("RSS at the end: anonymous (MiB)", &col, agent.memory_mib("RssAnon:"));
     figs.put("RSS at the end: file-backed, the binary (MiB)", &col, agent.memory_mib("RssFile:"));
     agent.stop();
-
 }
 
 /// A volume whose device the baseline phase removed: which, when (on the monotonic clock
@@ -1066,8 +1073,10 @@ fn main() {
         std::process::exit(1);
     }
     if o.npd.is_none() {
-        usage("the baseline needs node-problem-detector: --npd PATH or HOTPLUG_WATCHDOG_NPD \
-               (tools/node-problem-detector/build.sh builds it and prints its path)");
+        usage(
+            "the baseline needs node-problem-detector: --npd PATH or HOTPLUG_WATCHDOG_NPD \
+               (tools/node-problem-detector/build.sh builds it and prints its path)",
+        );
     }
     print_machine();
     let cp = ControlPlane::start();
@@ -1111,8 +1120,7 @@ fn print_machine() {
 fn print_table(title: &str, figs: &Figures, o: &Options) {
     // With --before, each size's older binary next to the current one: "1000 before", "1000".
     let suffixes: &[&str] = if o.before.is_some() { &[" before", ""] } else { &[""] };
-    let mut cols: Vec<String> =
-        o.sizes.iter().flat_map(|s| suffixes.iter().map(move |x| format!("{s}{x}"))).collect();
+    let mut cols: Vec<String> = o.sizes.iter().flat_map(|s| suffixes.iter().map(move |x| format!("{s}{x}"))).collect();
     cols.extend(suffixes.iter().map(|x| format!("storm{x}")).filter(|c| figs.0.keys().any(|(_, k)| k == c)));
     let rows: BTreeSet<&String> = figs.0.keys().map(|(r, _)| r).collect();
     let mut out = String::new();

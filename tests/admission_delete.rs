@@ -107,9 +107,16 @@ struct ConditionLog(Arc<Mutex<Vec<Seen>>>, #[allow(dead_code)] AbortOnDrop);
 
 #[derive(Clone, Debug, PartialEq)]
 enum Seen {
-    Condition { status: String, reason: String, at: Instant },
+    Condition {
+        status: String,
+        reason: String,
+        at: Instant,
+    },
     /// The pod is gone; the condition is its last one (the object the admission policy read).
-    Deleted { status: String, reason: String },
+    Deleted {
+        status: String,
+        reason: String,
+    },
 }
 
 fn handoff_of(p: &Pod) -> (String, String) {
