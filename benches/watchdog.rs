@@ -1,9 +1,12 @@
-//! The benchmark (issue #7): detection latency, start-up, footprint, API load and an event
-//! storm, side by side with the polling checker people deploy today. A program, not a
-//! test: it prints figures and asserts nothing about time.
+//! The benchmark (issues #7, #16): detection latency, start-up, footprint, API load and an
+//! event storm, side by side with what people deploy today: node-problem-detector running
+//! a polling custom plugin. A program, not a test: it prints figures and asserts nothing
+//! about time.
 //!
 //!   sudo scripts/bench                 # what BENCHMARKS.md reports: 5 runs, medians
 //!   cargo bench --bench watchdog -- --runs 1 --sizes 100 --idle 10   # a quick look
+//!     (needs HOTPLUG_WATCHDOG_CONTROL_PLANE and HOTPLUG_WATCHDOG_NPD, which scripts/bench sets)
+//!   ... --before OLDER-BINARY          # an older agent measured in the same run, alternating
 //!
 //! Everything is real: loop devices made and removed through /dev/loop-control, a temp
 //! kubelet tree with the nodes virt-handler makes, the agent binary (release build) in
@@ -21,15 +24,20 @@
 //!    is then put back with a new device and the next removal waits until it is ready;
 //! 4. peak RSS (VmHWM) after all that, and what the RSS is made of then: anonymous memory
 //!    (heap) and file-backed pages (the binary's code, shared with the page cache);
-//! 5. baseline: the agent stopped, benches/baseline/check-hotplug-devices.sh run every 1 s
-//!    and every 30 s as node-problem-detector runs a custom plugin (a new process each
-//!    period), both at once, while devices are removed at random moments; each removal is
-//!    timed to the end of the first plugin run that reports it. CPU and context switches
-//!    of every run (wait4) are summed over the window and given per 60 s;
+//! 5. baseline: the agent stopped, the real node-problem-detector (standalone, no API
+//!    server) running benches/baseline/check-hotplug-devices.sh as a custom plugin with
+//!    benches/baseline/hotplug-device-monitor.json, one NPD every 1 s and one every 30 s at
+//!    once, while devices are removed at random moments; each removal is timed to NPD's
+//!    report (its log) of the first plugin run it started after the removal. CPU and
+//!    context switches of NPD and its plugin runs (wait4 of NPD) over its life, per 60 s,
+//!    and NPD's peak RSS;
 //! 6. storm (one size, default 1,000): a fresh agent with default buffers, then a burst of
 //!    device add/remove uevents from many threads (new devices added and removed, and
 //!    some of the volumes' devices removed); when the agent is quiet its `/scan` is compared
 //!    with a fresh `hotplug-watchdog scan` of the same node: mismatches are counted.
+//!
+//! With `--before`, phases 1-4 and 6 run for both binaries on the same node, in columns
+//! "<size> before" and "<size>" ("storm before", "storm").
 
 #[path = "../tests/support/mod.rs"]
 mod support;
