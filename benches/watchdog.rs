@@ -754,6 +754,8 @@ struct NpdReport {
     period: u64,
     at: Instant,
     run_started: SystemTime,
+    /// How long the plugin run took, as NPD logs it.
+    run_took: Option<Duration>,
 }
 
 /// The baseline: node-problem-detector running benches/baseline/check-hotplug-devices.sh
@@ -783,7 +785,7 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
     at.sort();
     let mut out: Vec<Removed> = Vec::new();
     let mut latencies: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    let mut report_count: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut run_took: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut next = 0;
     let mut cursor = 0;
     while Instant::now() < end {
@@ -799,11 +801,12 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
             }
         }
         let Ok(report) = reports.recv_timeout(Duration::from_millis(5)) else { continue };
-        *report_count.entry(report.period).or_default() += 1;
+        run_took.entry(report.period).or_default().extend(report.run_took.map(|d| d.as_secs_f64() * 1e3));
         // A run NPD started after the ioctl returned found the device gone: the device
         // stays removed until both NPDs reported it. A run already under way at the
         // removal may have named it too, but NPD keeps only the first max_output_length
-        // bytes of the plugin's output, so only the start time tells for sure.
+        // bytes of the plugin's output, so only the start time tells for sure. How long a
+        // run takes (printed) says how many removals that concerns: about run / period.
         for r in out.iter_mut().filter(|r| report.run_started > r.wall && !r.seen.contains_key(&report.period)) {
             r.seen.insert(report.period, report.at);
             latencies.entry(report.period).or_default().push(ms(report.at, r.at));
@@ -819,15 +822,17 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
         let u = npd.stop();
         let row = format!("baseline NPD {period} s");
         let lat = latencies.remove(&period).unwrap_or_default();
+        let took = run_took.remove(&period).unwrap_or_default();
         let per60 = |d: Duration, over: Duration| d.as_secs_f64() * 1e3 * 60.0 / over.as_secs_f64();
         eprintln!(
             "[{tag}] NPD every {period} s: {} removals reported, {} problem reports in {:?}",
             lat.len(),
-            report_count.get(&period).copied().unwrap_or(0),
+            took.len(),
             u.life
         );
         figs.put(&format!("{row}: removals not reported"), col, (o.removals - lat.len()) as f64);
         figs.put3(&format!("{row}: removal -> NPD report (ms)"), col, summary(lat));
+        figs.put3(&format!("{row}: plugin run that found a problem (ms)"), col, summary(took));
         figs.put(&format!("{row}: CPU ms per 60 s, NPD + plugin runs"), col, per60(u.all.cpu, u.life));
         figs.put(&format!("{row}: CPU ms per 60 s, plugin runs"), col, per60(u.plugin_cpu, u.sampled));
         figs.put(
@@ -907,7 +912,8 @@ impl Npd {
                 // plugin.go, at V(2) for a run whose exit status is not OK:
                 // "Rule: &{...}. Start time: 2026-11-30 08:50:01.0123 +0000 UTC m=+1.0. End time: ..."
                 if let Some(run_started) = line.split_once(". Start time: ").and_then(|(_, t)| go_utc_time(t)) {
-                    let _ = tx.send(NpdReport { period, at, run_started });
+                    let run_took = line.rsplit_once(". Duration: ").and_then(|(_, d)| go_duration(d));
+                    let _ = tx.send(NpdReport { period, at, run_started, run_took });
                 }
             }
         });
@@ -940,6 +946,31 @@ impl Npd {
         let _ = fs::remove_file(&self.log);
         NpdUsage { all, plugin_cpu, sampled, life, peak_rss_mib }
     }
+}
+
+/// Go's `time.Duration.String()`: "12.26ms", "1.5s", "950µs", "1m2.5s".
+fn go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim().trim_end_matches('.');
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "µs" | "us" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * scale;
+        rest = next;
+    }
+    Some(Duration::from_secs_f64(total))
 }
 
 /// Go's `time.Time.String()` in UTC, "2026-11-30 08:50:01.0123 +0000 UTC ...", as a
