@@ -1118,6 +1118,15 @@ fn main() {
         );
     }
     print_machine();
+    // Which binaries the columns are, for whoever reads the output later.
+    println!("agent: {}", agent_binary().display());
+    if let Some(before) = &o.before {
+        println!("agent, \"before\" columns: {}", before.display());
+    }
+    let npd = o.npd.as_deref().unwrap();
+    let version =
+        Command::new(npd).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    println!("node-problem-detector: {} ({})", npd.display(), version.unwrap_or_default());
     let cp = ControlPlane::start();
     let mut runs: Vec<Figures> = Vec::new();
     for run in 1..=o.runs {
