@@ -765,7 +765,7 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
     let npd = o.npd.as_deref().expect("checked in main");
     let periods = [1u64, 30];
     let (tx, reports) = channel::<NpdReport>();
-    let npds: Vec<Npd> = periods.iter().map(|&period| Npd::start(npd, period, node, tx.clone())).collect();
+    let mut npds: Vec<Npd> = periods.iter().map(|&period| Npd::start(npd, period, node, tx.clone())).collect();
     drop(tx);
     let start = Instant::now();
     let end = start + o.baseline_window;
@@ -800,7 +800,15 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
                 next += 1;
             }
         }
-        let Ok(report) = reports.recv_timeout(Duration::from_millis(5)) else { continue };
+        let report = match reports.recv_timeout(Duration::from_millis(5)) {
+            Ok(report) => report,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            // Both stderr pipes closed: both NPDs exited.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                npds.iter_mut().for_each(Npd::panic_if_exited);
+                unreachable!("both NPDs' logs ended, yet neither exited")
+            }
+        };
         run_took.entry(report.period).or_default().extend(report.run_took.map(|d| d.as_secs_f64() * 1e3));
         // A run NPD started after the ioctl returned found the device gone: the device
         // stays removed until both NPDs reported it. A run already under way at the
@@ -920,7 +928,16 @@ impl Npd {
         Npd { child, period, spawned, log, _config: file }
     }
 
-    fn stop(self) -> NpdUsage {
+    /// Panics, with NPD's log, if it is no longer running (a config it refused, say).
+    fn panic_if_exited(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("node-problem-detector every {} s exited: {status}; log:\n{log}", self.period);
+        }
+    }
+
+    fn stop(mut self) -> NpdUsage {
+        self.panic_if_exited();
         let pid = self.child.id();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("NPD is running");
         let sampled = self.spawned.elapsed();
