@@ -1,9 +1,12 @@
-//! The benchmark (issue #7): detection latency, start-up, footprint, API load and an event
-//! storm, side by side with the polling checker people deploy today. A program, not a
-//! test: it prints figures and asserts nothing about time.
+//! The benchmark (issues #7, #16): detection latency, start-up, footprint, API load and an
+//! event storm, side by side with what people deploy today: node-problem-detector running
+//! a polling custom plugin. A program, not a test: it prints figures and asserts nothing
+//! about time.
 //!
 //!   sudo scripts/bench                 # what BENCHMARKS.md reports: 5 runs, medians
 //!   cargo bench --bench watchdog -- --runs 1 --sizes 100 --idle 10   # a quick look
+//!     (needs HOTPLUG_WATCHDOG_CONTROL_PLANE and HOTPLUG_WATCHDOG_NPD, which scripts/bench sets)
+//!   ... --before OLDER-BINARY          # an older agent measured in the same run, alternating
 //!
 //! Everything is real: loop devices made and removed through /dev/loop-control, a temp
 //! kubelet tree with the nodes virt-handler makes, the agent binary (release build) in
@@ -21,15 +24,20 @@
 //!    is then put back with a new device and the next removal waits until it is ready;
 //! 4. peak RSS (VmHWM) after all that, and what the RSS is made of then: anonymous memory
 //!    (heap) and file-backed pages (the binary's code, shared with the page cache);
-//! 5. baseline: the agent stopped, benches/baseline/check-hotplug-devices.sh run every 1 s
-//!    and every 30 s as node-problem-detector runs a custom plugin (a new process each
-//!    period), both at once, while devices are removed at random moments; each removal is
-//!    timed to the end of the first plugin run that reports it. CPU and context switches
-//!    of every run (wait4) are summed over the window and given per 60 s;
+//! 5. baseline: the agent stopped, the real node-problem-detector (standalone, no API
+//!    server) running benches/baseline/check-hotplug-devices.sh as a custom plugin with
+//!    benches/baseline/hotplug-device-monitor.json, one NPD every 1 s and one every 30 s at
+//!    once, while devices are removed at random moments; each removal is timed to NPD's
+//!    report (its log) of the first plugin run it started after the removal. CPU and
+//!    context switches of NPD and its plugin runs (wait4 of NPD) over its life, per 60 s,
+//!    and NPD's peak RSS;
 //! 6. storm (one size, default 1,000): a fresh agent with default buffers, then a burst of
 //!    device add/remove uevents from many threads (new devices added and removed, and
 //!    some of the volumes' devices removed); when the agent is quiet its `/scan` is compared
 //!    with a fresh `hotplug-watchdog scan` of the same node: mismatches are counted.
+//!
+//! With `--before`, phases 1-4 and 6 run for both binaries on the same node, in columns
+//! "<size> before" and "<size>" ("storm before", "storm").
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -42,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use hotplug_watchdog::device::DevNum;
@@ -60,6 +68,10 @@ const WAIT: Duration = Duration::from_secs(15);
 
 struct Options {
     runs: usize,
+    /// An older agent binary measured in the same run, alternating with the current one.
+    before: Option<PathBuf>,
+    /// The node-problem-detector binary of the baseline (tools/node-problem-detector/build.sh).
+    npd: Option<PathBuf>,
     sizes: Vec<usize>,
     removals: usize,
     idle: Duration,
@@ -72,6 +84,8 @@ impl Options {
     fn parse() -> Self {
         let mut o = Options {
             runs: 1,
+            before: None,
+            npd: std::env::var_os("HOTPLUG_WATCHDOG_NPD").map(PathBuf::from),
             sizes: vec![100, 1000, 5000],
             removals: 200,
             idle: Duration::from_secs(60),
@@ -85,6 +99,8 @@ impl Options {
             let num = |s: String| s.parse::<usize>().unwrap_or_else(|_| usage(&format!("{s:?} is not a number")));
             match a.as_str() {
                 "--runs" => o.runs = num(value()),
+                "--before" => o.before = Some(PathBuf::from(value())),
+                "--npd" => o.npd = Some(PathBuf::from(value())),
                 "--sizes" => o.sizes = value().split(',').map(|s| num(s.to_string())).collect(),
                 "--removals" => o.removals = num(value()),
                 "--idle" => o.idle = Duration::from_secs(num(value()) as u64),
@@ -103,7 +119,8 @@ impl Options {
 fn usage(why: &str) -> ! {
     eprintln!(
         "{why}\nusage: watchdog [--runs N] [--sizes 100,1000,5000] [--removals 200] [--idle SECONDS] \
-         [--baseline-window SECONDS] [--storm-size N (0: none)] [--storm-events N]"
+         [--baseline-window SECONDS] [--storm-size N (0: none)] [--storm-events N] [--before OLDER-AGENT-BINARY] \
+         [--npd NODE-PROBLEM-DETECTOR (default $HOTPLUG_WATCHDOG_NPD)]"
     );
     std::process::exit(2)
 }
@@ -223,11 +240,6 @@ impl Node {
         self.plug(i, loop_add());
     }
 
-    fn launcher_node(&self, i: usize) -> PathBuf {
-        let v = &self.volumes[i];
-        self.tree.hotplug_dir(&self.vms[v.vm].launcher_uid).join(&v.name)
-    }
-
     fn remove_all_devices(&mut self) {
         let present: Vec<u32> = self
             .volumes
@@ -297,11 +309,11 @@ struct AgentProcess {
 impl AgentProcess {
     /// Cluster mode with default flags (logs at info, as deployed); returns it once
     /// `/readyz` answers 200, with the time that took from spawn.
-    fn start(cp: &ControlPlane, node: &Node) -> (Self, Duration) {
+    fn start(cp: &ControlPlane, node: &Node, binary: &Path) -> (Self, Duration) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let started = Instant::now();
-        let child = Command::new(agent_binary())
+        let child = Command::new(binary)
             .env_remove("NODE_NAME")
             .env_remove("HOTPLUG_WATCHDOG_LOG_LEVEL")
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--node-name", &node.name, "--kubeconfig"])
@@ -558,14 +570,85 @@ impl Figures {
 
 // ------------------------------------------------------------------ phases
 
+/// An agent binary under test and the suffix of its columns ("" for the current one).
+struct Binary {
+    path: PathBuf,
+    suffix: &'static str,
+}
+
+/// The binaries to measure, in this run's order: with `--before`, the older one first in
+/// odd runs and second in even ones, so that neither always meets a warmer page cache or
+/// a node the other just churned.
+fn binaries(o: &Options, run: usize) -> Vec<Binary> {
+    let current = Binary { path: agent_binary(), suffix: "" };
+    match &o.before {
+        None => vec![current],
+        Some(before) => {
+            let before = Binary { path: before.clone(), suffix: " before" };
+            if run % 2 == 1 {
+                vec![before, current]
+            } else {
+                vec![current, before]
+            }
+        }
+    }
+}
+
 fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mut Figures) {
-    let col = size.to_string();
     let tag = format!("r{run}-{size}");
     eprintln!("[{tag}] building the node: {size} volumes, {} VMIs", size.div_ceil(VOLUMES_PER_VMI));
     let mut node = Node::build(cp, &tag, size);
 
+    // 1.-4. The agent; with --before, each binary on the same node, one after the other.
+    for b in binaries(o, run) {
+        clear_conditions(cp, &node);
+        let col = format!("{size}{}", b.suffix);
+        eprintln!("[{tag}] agent {}", b.path.display());
+        agent_phases(cp, o, &format!("{tag}{}", b.suffix.replace(' ', "-")), &b.path, &col, &mut node, figs);
+    }
+
+    // 5. The baseline.
+    baseline(&mut node, o, &tag, &size.to_string(), figs);
+
+    // 6. The storm.
+    if size == o.storm_size {
+        for b in binaries(o, run) {
+            clear_conditions(cp, &node);
+            storm(cp, &mut node, o, &tag, &b.path, &format!("storm{}", b.suffix), figs);
+        }
+    }
+    node.remove_all_devices();
+}
+
+/// Removes every attachment pod's conditions, so that each agent binary starts from the
+/// same API state: one that found its conditions already written would patch less.
+fn clear_conditions(cp: &ControlPlane, node: &Node) {
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), &node.namespace);
+    let patch = kube::api::Patch::Merge(json!({"status": {"conditions": null}}));
+    let params = kube::api::PatchParams::default();
+    cp.rt.block_on(
+        futures::stream::iter(&node.vms)
+            .map(|vm| pods.patch_status(&vm.attachment_name, &params, &patch))
+            .buffer_unordered(16)
+            .for_each(|r| async move {
+                r.expect("clear an attachment pod's conditions");
+            }),
+    );
+}
+
+/// Start-up, idle, detection and footprint of one agent binary on the node, in column `col`.
+fn agent_phases(
+    cp: &ControlPlane,
+    o: &Options,
+    tag: &str,
+    binary: &Path,
+    col: &str,
+    node: &mut Node,
+    figs: &mut Figures,
+) {
+    let col = col.to_string();
     // 1. Start-up.
-    let (agent, startup) = AgentProcess::start(cp, &node);
+    let (agent, startup) = AgentProcess::start(cp, node, binary);
     figs.put("start-up to /readyz (ms)", &col, startup.as_secs_f64() * 1e3);
     let (requests, _) = api_requests(&agent);
     settle_api(&agent);
@@ -591,7 +674,7 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
     let conditions = condition_updates(cp, &node.namespace);
     let transitions0 = metric_sum(&agent.metrics(), "hotplug_watchdog_volume_transitions_total");
     let (mut to_watch, mut to_watch_from_call, mut to_condition, mut missed) = (vec![], vec![], vec![], 0);
-    let mut from_uevent = vec![];
+    let (mut from_uevent, mut condition_from_uevent) = (vec![], vec![]);
     for k in 0..o.removals {
         // Each attachment pod takes one condition write a second; removals far enough apart
         // that a pod's next one does not wait for that limit (see BENCHMARKS.md).
@@ -619,6 +702,7 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
                 to_condition.push(ms(written, returned));
                 if let Some(announced) = announced {
                     from_uevent.push(ms(seen, announced));
+                    condition_from_uevent.push(ms(written, announced));
                 }
             }
             _ => {
@@ -642,6 +726,7 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
     figs.put3("agent: ioctl call -> /watch (ms)", &col, summary(to_watch_from_call));
     figs.put3("agent: kernel remove uevent -> /watch (ms)", &col, summary(from_uevent));
     figs.put3("agent: removal -> pod condition in API (ms)", &col, summary(to_condition));
+    figs.put3("agent: kernel remove uevent -> pod condition in API (ms)", &col, summary(condition_from_uevent));
     figs.put("agent: removals not seen within 15 s", &col, missed as f64);
     figs.put("API requests per transition", &col, (req3 - req1) / transitions);
     figs.put("API writes per transition", &col, (writes3 - writes1) / transitions);
@@ -652,42 +737,38 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
     figs.put("RSS at the end: anonymous (MiB)", &col, agent.memory_mib("RssAnon:"));
     figs.put("RSS at the end: file-backed, the binary (MiB)", &col, agent.memory_mib("RssFile:"));
     agent.stop();
-
-    // 5. The baseline.
-    baseline(&mut node, o, &tag, &col, figs);
-
-    // 6. The storm.
-    if size == o.storm_size {
-        storm(cp, &mut node, o, &tag, figs);
-    }
-    node.remove_all_devices();
 }
 
-/// A volume whose device the baseline phase removed: which, when, and when each checker
-/// reported it (by period).
-type Removed = (usize, Instant, BTreeMap<u64, Instant>);
+/// A volume whose device the baseline phase removed: which, when (on the monotonic clock
+/// and on the wall clock, which NPD's log uses), and when each NPD reported it (by period).
+struct Removed {
+    volume: usize,
+    at: Instant,
+    wall: SystemTime,
+    seen: BTreeMap<u64, Instant>,
+}
 
-/// What a polling checker run reported: when it ended and the missing devices it named.
-struct CheckerRun {
+/// One problem report of a node-problem-detector: a plugin run that found a device
+/// missing, when its log line reached us, and when NPD started that run.
+struct NpdReport {
     period: u64,
-    ended: Instant,
-    missing: BTreeSet<(PathBuf, String)>,
+    at: Instant,
+    run_started: SystemTime,
+    /// How long the plugin run took, as NPD logs it.
+    run_took: Option<Duration>,
 }
 
+/// The baseline: node-problem-detector running benches/baseline/check-hotplug-devices.sh
+/// as a custom plugin, the way an operator deploys it, one NPD every 1 s and one every 30 s
+/// at once, while devices are removed at random moments.
 fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figures) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/baseline/check-hotplug-devices.sh");
-    let (tx, runs) = channel::<CheckerRun>();
+    let npd = o.npd.as_deref().expect("checked in main");
+    let periods = [1u64, 30];
+    let (tx, reports) = channel::<NpdReport>();
+    let mut npds: Vec<Npd> = periods.iter().map(|&period| Npd::start(npd, period, node, tx.clone())).collect();
+    drop(tx);
     let start = Instant::now();
     let end = start + o.baseline_window;
-    let periods = [1u64, 30];
-    let checkers: Vec<_> = periods
-        .iter()
-        .map(|&period| {
-            let (tx, script, root) = (tx.clone(), script.clone(), node.tree.root.clone());
-            std::thread::spawn(move || run_checker(&script, &root, period, end, tx))
-        })
-        .collect();
-    drop(tx);
 
     // Removals at random moments over the first part of the window, so that every one has
     // at least a full 30 s period plus a run left to be seen.
@@ -702,115 +783,238 @@ fn baseline(node: &mut Node, o: &Options, tag: &str, col: &str, figs: &mut Figur
         })
         .collect();
     at.sort();
-    // Removed volumes: (path, device) -> (volume, removed at, seen by period).
-    let mut out: BTreeMap<(PathBuf, String), Removed> = BTreeMap::new();
+    let mut out: Vec<Removed> = Vec::new();
     let mut latencies: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    let mut run_took: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut next = 0;
     let mut cursor = 0;
-    loop {
-        let now = Instant::now();
-        if next < at.len() && now >= start + at[next] {
+    while Instant::now() < end {
+        if next < at.len() && Instant::now() >= start + at[next] {
             // The next present volume, round robin.
             let n = node.volumes.len();
             if let Some(i) = (0..n).map(|d| (cursor + d) % n).find(|&i| node.volumes[i].present) {
                 cursor = i + 1;
-                let key = (node.launcher_node(i), format!("7:{}", node.volumes[i].loop_index));
                 loop_remove(node.volumes[i].loop_index);
                 node.volumes[i].present = false;
-                out.insert(key, (i, Instant::now(), BTreeMap::new()));
+                out.push(Removed { volume: i, at: Instant::now(), wall: SystemTime::now(), seen: BTreeMap::new() });
                 next += 1;
             }
         }
-        match runs.recv_timeout(Duration::from_millis(5)) {
-            Ok(run) => {
-                for key in &run.missing {
-                    if let Some((_, removed, seen)) = out.get_mut(key) {
-                        if run.ended > *removed && !seen.contains_key(&run.period) {
-                            seen.insert(run.period, run.ended);
-                            latencies.entry(run.period).or_default().push(ms(run.ended, *removed));
-                        }
-                    }
-                }
-                // Seen by every checker: hotplug it again on a new device.
-                let done: Vec<_> = out
-                    .iter()
-                    .filter(|(_, (_, _, seen))| seen.len() == periods.len())
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in done {
-                    let (i, _, _) = out.remove(&k).unwrap();
-                    node.replug(i);
-                }
+        let report = match reports.recv_timeout(Duration::from_millis(5)) {
+            Ok(report) => report,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            // Both stderr pipes closed: both NPDs exited.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                npds.iter_mut().for_each(Npd::panic_if_exited);
+                unreachable!("both NPDs' logs ended, yet neither exited")
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        run_took.entry(report.period).or_default().extend(report.run_took.map(|d| d.as_secs_f64() * 1e3));
+        // A run NPD started after the ioctl returned found the device gone: the device
+        // stays removed until both NPDs reported it. A run already under way at the
+        // removal may have named it too, but NPD keeps only the first max_output_length
+        // bytes of the plugin's output, so only the start time tells for sure. How long a
+        // run takes (printed) says how many removals that concerns: about run / period.
+        for r in out.iter_mut().filter(|r| report.run_started > r.wall && !r.seen.contains_key(&report.period)) {
+            r.seen.insert(report.period, report.at);
+            latencies.entry(report.period).or_default().push(ms(report.at, r.at));
         }
+        // Reported by both: hotplug it again on a new device.
+        for r in out.iter().filter(|r| r.seen.len() == periods.len()) {
+            node.replug(r.volume);
+        }
+        out.retain(|r| r.seen.len() < periods.len());
     }
-    for (period, checker) in periods.iter().zip(checkers) {
-        let (usage, invocations) = checker.join().unwrap();
-        let per60 = 60.0 / o.baseline_window.as_secs_f64();
-        let row = format!("baseline {period} s");
-        let lat = latencies.remove(period).unwrap_or_default();
-        eprintln!("[{tag}] baseline every {period} s: {} removals seen, {invocations} runs", lat.len());
-        figs.put(&format!("{row}: removals not seen"), col, (o.removals - lat.len()) as f64);
-        figs.put3(&format!("{row}: removal -> plugin result (ms)"), col, summary(lat));
-        figs.put(&format!("{row}: CPU ms per 60 s"), col, usage.cpu.as_secs_f64() * 1e3 * per60);
-        figs.put(&format!("{row}: context switches per 60 s"), col, usage.switches as f64 * per60);
+    for npd in npds {
+        let period = npd.period;
+        let u = npd.stop();
+        let row = format!("baseline NPD {period} s");
+        let lat = latencies.remove(&period).unwrap_or_default();
+        let took = run_took.remove(&period).unwrap_or_default();
+        let per60 = |d: Duration, over: Duration| d.as_secs_f64() * 1e3 * 60.0 / over.as_secs_f64();
+        eprintln!(
+            "[{tag}] NPD every {period} s: {} removals reported, {} problem reports in {:?}",
+            lat.len(),
+            took.len(),
+            u.life
+        );
+        figs.put(&format!("{row}: removals not reported"), col, (o.removals - lat.len()) as f64);
+        figs.put3(&format!("{row}: removal -> NPD report (ms)"), col, summary(lat));
+        figs.put3(&format!("{row}: plugin run that found a problem (ms)"), col, summary(took));
+        figs.put(&format!("{row}: CPU ms per 60 s, NPD + plugin runs"), col, per60(u.all.cpu, u.life));
+        figs.put(&format!("{row}: CPU ms per 60 s, plugin runs"), col, per60(u.plugin_cpu, u.sampled));
+        figs.put(
+            &format!("{row}: context switches per 60 s, NPD + plugin runs"),
+            col,
+            u.all.switches as f64 * 60.0 / u.life.as_secs_f64(),
+        );
+        figs.put(&format!("{row}: NPD peak RSS (MiB)"), col, u.peak_rss_mib);
     }
     // Whatever is still out comes back, for the storm and the tear-down.
-    for (_, (i, _, _)) in std::mem::take(&mut out) {
-        node.replug(i);
+    for r in out {
+        node.replug(r.volume);
     }
 }
 
-/// Runs the plugin every `period` seconds until `end`, as node-problem-detector does; each
-/// run's CPU time and context switches (its own and its children's) come from wait4.
-fn run_checker(
-    script: &Path,
-    root: &Path,
+/// A node-problem-detector process in standalone mode (no API server: its k8s exporter
+/// off), with the custom plugin monitor of benches/baseline/hotplug-device-monitor.json.
+struct Npd {
+    child: Child,
     period: u64,
-    end: Instant,
-    tx: std::sync::mpsc::Sender<CheckerRun>,
-) -> (Usage, u64) {
-    let mut usage = Usage::default();
-    let mut invocations = 0;
-    let mut next = Instant::now();
-    while next < end {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        next += Duration::from_secs(period);
-        #[allow(clippy::zombie_processes)] // reaped by wait4 below
-        let mut child = Command::new(script).arg(root).stdout(Stdio::piped()).spawn().expect("run the plugin");
-        let mut missing = BTreeSet::new();
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("missing ") {
-                if let Some((path, dev)) = rest.rsplit_once(' ') {
-                    missing.insert((PathBuf::from(path), dev.to_string()));
+    spawned: Instant,
+    log: PathBuf,
+    _config: tempfile::NamedTempFile,
+}
+
+/// What an NPD cost over its life.
+struct NpdUsage {
+    /// NPD and every plugin run it reaped, from spawn to exit (wait4 of NPD).
+    all: Usage,
+    /// The plugin runs' CPU (cutime + cstime of NPD), from spawn to just before SIGTERM.
+    plugin_cpu: Duration,
+    sampled: Duration,
+    life: Duration,
+    /// NPD's own VmHWM (the plugin runs are short-lived processes of their own).
+    peak_rss_mib: f64,
+}
+
+impl Npd {
+    /// The committed config as an operator would deploy it, with the invoke interval, the
+    /// script's path and the kubelet pods directory of this node filled in. NPD logs at
+    /// `--v=2`, where it logs every plugin run that found a problem with the run's start
+    /// time: what the benchmark times removals to (see `baseline`). Its Prometheus
+    /// exporter stays on, as deployed, on a free local port; it is not scraped.
+    fn start(npd: &Path, period: u64, node: &Node, tx: std::sync::mpsc::Sender<NpdReport>) -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/baseline");
+        let mut config: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("hotplug-device-monitor.json")).unwrap()).unwrap();
+        config["pluginConfig"]["invoke_interval"] = json!(format!("{period}s"));
+        for rule in config["rules"].as_array_mut().unwrap() {
+            rule["path"] = json!(dir.join("check-hotplug-devices.sh"));
+            rule["args"] = json!([node.tree.root]);
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::env::temp_dir().join(format!("hotplug-watchdog-bench-npd-{}-{period}s.log", std::process::id()));
+        let spawned = Instant::now();
+        let mut child = Command::new(npd)
+            .arg(format!("--config.custom-plugin-monitor={}", file.path().display()))
+            .args(["--enable-k8s-exporter=false", "--port=0", "--prometheus-address=127.0.0.1", "--v=2"])
+            .arg(format!("--prometheus-port={port}"))
+            .arg(format!("--hostname-override={}", node.name))
+            // Go prints times in the local zone; UTC makes them easy to read back.
+            .env("TZ", "UTC")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node-problem-detector");
+        let stderr = child.stderr.take().unwrap();
+        let mut copy = fs::File::create(&log).unwrap();
+        std::thread::spawn(move || {
+            // Read to the end even when nobody listens any more: a full pipe would stall NPD.
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let at = Instant::now();
+                let _ = writeln!(copy, "{line}");
+                // plugin.go, at V(2) for a run whose exit status is not OK:
+                // "Rule: &{...}. Start time: 2026-11-30 08:50:01.0123 +0000 UTC m=+1.0. End time: ..."
+                if let Some(run_started) = line.split_once(". Start time: ").and_then(|(_, t)| go_utc_time(t)) {
+                    let run_took = line.rsplit_once(". Duration: ").and_then(|(_, d)| go_duration(d));
+                    let _ = tx.send(NpdReport { period, at, run_started, run_took });
                 }
             }
-        }
-        // Reaped by wait4, for its resource usage, rather than by Child::wait.
-        let mut status = 0;
-        // SAFETY: wait4 fills the rusage struct we pass; the pid is our child's.
-        let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-        assert_eq!(r, child.id() as i32, "wait4");
-        drop(child);
-        let ended = Instant::now();
-        invocations += 1;
-        let tv = |t: nix::libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-        usage.cpu += tv(ru.ru_utime) + tv(ru.ru_stime);
-        usage.switches += (ru.ru_nvcsw + ru.ru_nivcsw) as u64;
-        if tx.send(CheckerRun { period, ended, missing }).is_err() {
-            break;
+        });
+        Npd { child, period, spawned, log, _config: file }
+    }
+
+    /// Panics, with NPD's log, if it is no longer running (a config it refused, say).
+    fn panic_if_exited(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("node-problem-detector every {} s exited: {status}; log:\n{log}", self.period);
         }
     }
-    (usage, invocations)
+
+    fn stop(mut self) -> NpdUsage {
+        self.panic_if_exited();
+        let pid = self.child.id();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("NPD is running");
+        let sampled = self.spawned.elapsed();
+        // The fields after "(comm) ", from field 3 (state) on; cutime and cstime, the CPU
+        // of the children NPD reaped (and of theirs), are fields 16 and 17 of proc(5).
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64;
+        let ticks = |n: u64| Duration::from_secs_f64(n as f64 / tick);
+        let plugin_cpu = ticks(field(16) + field(17));
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let peak_rss_mib = status_field(&status, "VmHWM:") as f64 / 1024.0;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let mut wstatus = 0;
+        // SAFETY: wait4 fills the rusage struct we pass; the pid is our child's.
+        let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { nix::libc::wait4(pid as i32, &mut wstatus, 0, &mut ru) };
+        assert_eq!(r, pid as i32, "wait4 NPD");
+        let life = self.spawned.elapsed();
+        let tv = |t: nix::libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+        let all = Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), switches: (ru.ru_nvcsw + ru.ru_nivcsw) as u64 };
+        let _ = fs::remove_file(&self.log);
+        NpdUsage { all, plugin_cpu, sampled, life, peak_rss_mib }
+    }
 }
 
-fn storm(cp: &ControlPlane, node: &mut Node, o: &Options, tag: &str, figs: &mut Figures) {
-    let col = "storm";
-    let (agent, _) = AgentProcess::start(cp, node);
+/// Go's `time.Duration.String()`: "12.26ms", "1.5s", "950µs", "1m2.5s".
+fn go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim().trim_end_matches('.');
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "µs" | "us" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * scale;
+        rest = next;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Go's `time.Time.String()` in UTC, "2026-11-30 08:50:01.0123 +0000 UTC ...", as a
+/// SystemTime (Go drops trailing zeros of the fraction, and the dot if none is left).
+fn go_utc_time(s: &str) -> Option<SystemTime> {
+    let mut parts = s.split(' ');
+    let (date, time, zone) = (parts.next()?, parts.next()?, parts.next()?);
+    if zone != "+0000" {
+        return None;
+    }
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<u64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let (&[y, m, day], &[h, min, sec]) = (d.as_slice(), t.as_slice()) else { return None };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let nanos: u64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + min * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos as u32))
+}
+
+fn storm(cp: &ControlPlane, node: &mut Node, o: &Options, tag: &str, binary: &Path, col: &str, figs: &mut Figures) {
+    let (agent, _) = AgentProcess::start(cp, node, binary);
     settle_api(&agent);
     let m0 = agent.metrics();
     // A tenth of the events remove volumes' devices (vanished), a tenth add devices that
@@ -853,7 +1057,7 @@ fn storm(cp: &ControlPlane, node: &mut Node, o: &Options, tag: &str, figs: &mut 
     }
     let m1 = agent.metrics();
     let agent_report: Value = serde_json::from_str(&http_get(agent.port, "/scan").unwrap().1).unwrap();
-    let out = Command::new(agent_binary())
+    let out = Command::new(binary)
         .args(["scan", "--format", "json", "--kmsg", "off", "--mountinfo", "/proc/self/mountinfo", "--kubelet-root"])
         .arg(&node.tree.root)
         .env_remove("HOTPLUG_WATCHDOG_KUBECONFIG")
@@ -878,6 +1082,11 @@ fn storm(cp: &ControlPlane, node: &mut Node, o: &Options, tag: &str, figs: &mut 
     eprintln!("[{tag}] storm: burst {burst:?}, {vanished} vanished, {mismatches} mismatches");
     agent.stop();
     parallel(added.into_inner().unwrap(), 16, loop_remove);
+    // The lost volumes come back on new devices: the next binary's storm starts from the
+    // same node.
+    for i in 0..vanish {
+        node.replug(i);
+    }
 }
 
 fn differ<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
@@ -919,7 +1128,22 @@ fn main() {
         eprintln!("the benchmark needs root: loop devices, device nodes");
         std::process::exit(1);
     }
+    if o.npd.is_none() {
+        usage(
+            "the baseline needs node-problem-detector: --npd PATH or HOTPLUG_WATCHDOG_NPD \
+               (tools/node-problem-detector/build.sh builds it and prints its path)",
+        );
+    }
     print_machine();
+    // Which binaries the columns are, for whoever reads the output later.
+    println!("agent: {}", agent_binary().display());
+    if let Some(before) = &o.before {
+        println!("agent, \"before\" columns: {}", before.display());
+    }
+    let npd = o.npd.as_deref().unwrap();
+    let version =
+        Command::new(npd).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    println!("node-problem-detector: {} ({})", npd.display(), version.unwrap_or_default());
     let cp = ControlPlane::start();
     let mut runs: Vec<Figures> = Vec::new();
     for run in 1..=o.runs {
@@ -959,24 +1183,24 @@ fn print_machine() {
 }
 
 fn print_table(title: &str, figs: &Figures, o: &Options) {
-    let mut cols: Vec<String> = o.sizes.iter().map(|s| s.to_string()).collect();
-    if figs.0.keys().any(|(_, c)| c == "storm") {
-        cols.push("storm".into());
-    }
+    // With --before, each size's older binary next to the current one: "1000 before", "1000".
+    let suffixes: &[&str] = if o.before.is_some() { &[" before", ""] } else { &[""] };
+    let mut cols: Vec<String> = o.sizes.iter().flat_map(|s| suffixes.iter().map(move |x| format!("{s}{x}"))).collect();
+    cols.extend(suffixes.iter().map(|x| format!("storm{x}")).filter(|c| figs.0.keys().any(|(_, k)| k == c)));
     let rows: BTreeSet<&String> = figs.0.keys().map(|(r, _)| r).collect();
     let mut out = String::new();
-    out += &format!("\n{title}\n{:<52}", "volumes on the node");
+    out += &format!("\n{title}\n{:<62}", "volumes on the node");
     for c in &cols {
-        out += &format!("{c:>12}");
+        out += &format!("{c:>14}");
     }
     out += "\n";
     for row in rows {
-        out += &format!("{row:<52}");
+        out += &format!("{row:<62}");
         for c in &cols {
             match figs.0.get(&(row.clone(), c.clone())) {
-                Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => out += &format!("{v:>12.0}"),
-                Some(v) => out += &format!("{v:>12.2}"),
-                None => out += &format!("{:>12}", "-"),
+                Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => out += &format!("{v:>14.0}"),
+                Some(v) => out += &format!("{v:>14.2}"),
+                None => out += &format!("{:>14}", "-"),
             }
         }
         out += "\n";
