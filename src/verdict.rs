@@ -279,24 +279,20 @@ pub fn rejudge(prev: &Verdicts, inv: &Inventory, changes: &Changes) -> Option<(V
         touched.extend(inv.users_of(*d));
     }
     let mut next = prev.clone();
+    let mut unconfirmed_changed = false;
     for p in &touched {
         // Attachment pods name their launcher's UID whether or not the API confirms it as
         // a launcher: its directory coming or going (LauncherGone) concerns them.
         if inv.attachments_of(p).next().is_some() {
             groups.insert((*p).clone());
         }
-        match group_of(p) {
-            Some(g) => {
-                groups.insert(g);
-                next.unconfirmed.remove(*p);
-            }
-            None if inv.pod_fact_of(p).is_some() => {
-                next.unconfirmed.insert((*p).clone());
-            }
-            None => {
-                next.unconfirmed.remove(*p);
-            }
-        }
+        let group = group_of(p);
+        unconfirmed_changed |= if group.is_none() && inv.pod_fact_of(p).is_some() {
+            next.unconfirmed.insert((*p).clone()).is_none()
+        } else {
+            next.unconfirmed.remove(*p).is_some()
+        };
+        groups.extend(group);
     }
     // A launcher whose record changed, or that an attachment pod left: its group, even
     // if the API no longer knows it (its attachment pods are judged with it still).
@@ -319,6 +315,10 @@ pub fn rejudge(prev: &Verdicts, inv: &Inventory, changes: &Changes) -> Option<(V
         after.attachment_pods.extend(new.attachment_pods.iter().map(|(k, v)| (k.clone(), v.clone())));
         next.insert(new);
     }
+    // Compared within the touched groups only: comparing whole maps would cost a walk of
+    // the node per batch.
+    let changed =
+        unconfirmed_changed || before.volumes != after.volumes || before.attachment_pods != after.attachment_pods;
     let mut out = Transitions::default();
     diff_into(
         &mut out,
@@ -327,7 +327,7 @@ pub fn rejudge(prev: &Verdicts, inv: &Inventory, changes: &Changes) -> Option<(V
         before.attachment_pods.iter(),
         after.attachment_pods.iter(),
     );
-    (next != *prev).then_some((next, out))
+    changed.then_some((next, out))
 }
 
 /// Judges everything again (see [`rejudge`]); `None` if nothing changed.
