@@ -306,7 +306,13 @@ impl Engine {
         let old = std::mem::replace(&mut self.snapshot.verdicts, Arc::new(new));
         self.unsent = true;
         let latency = earliest.elapsed().as_secs_f64();
-        self.record(&changes, latency);
+        // The first picture of the node is no news: one summary line, not a line per
+        // volume (thousands on a big node).
+        let initial = !old.full_scan && self.snapshot.verdicts.full_scan;
+        if initial {
+            self.summarize();
+        }
+        self.record(&changes, latency, initial);
         let names = self.snapshot.names.clone();
         let pod_name = |uid: &PodUid| names.get(uid).and_then(|n| n.pod.clone()).unwrap_or_else(|| uid.to_string());
         for n in notices(&old, &self.snapshot.verdicts, &changes, pod_name) {
@@ -338,12 +344,34 @@ impl Engine {
         }
     }
 
-    /// Metrics and logs for every transition.
-    fn record(&mut self, changes: &Transitions, latency: f64) {
+    /// Says what the first full scan found, in one line.
+    fn summarize(&self) {
+        let v = &self.snapshot.verdicts;
+        let mut states = BTreeMap::new();
+        for (_, volume) in v.volumes.iter() {
+            *states.entry(volume.state.as_str()).or_insert(0usize) += 1;
+        }
+        let unsafe_pods = v.attachment_pods.iter().filter(|(_, a)| !a.handoff_safe()).count();
+        tracing::info!(
+            volumes = v.volumes.len(),
+            ?states,
+            attachment_pods = v.attachment_pods.len(),
+            not_handoff_safe = unsafe_pods,
+            "the node's hotplug volumes as first read (each volume's state: /scan, or debug logs)"
+        );
+    }
+
+    /// Metrics and logs for every transition; the first picture of the node is logged at
+    /// debug level only (see `summarize`).
+    fn record(&mut self, changes: &Transitions, latency: f64, initial: bool) {
         for t in &changes.volumes {
             let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
             let device = t.device.map(|d| d.to_string());
-            tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
+            if initial {
+                tracing::debug!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
+            } else {
+                tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
+            }
             let labels = self.labels(k);
             self.feed.publish(t, &labels);
             let Some(state) = t.to else {
@@ -374,7 +402,11 @@ impl Engine {
             }
         }
         for h in &changes.handoffs {
-            tracing::info!(pod_uid = %h.pod, from = ?h.from, to = ?h.to, "attachment pod handoff safety");
+            if initial {
+                tracing::debug!(pod_uid = %h.pod, from = ?h.from, to = ?h.to, "attachment pod handoff safety");
+            } else {
+                tracing::info!(pod_uid = %h.pod, from = ?h.from, to = ?h.to, "attachment pod handoff safety");
+            }
         }
     }
 
