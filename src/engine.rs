@@ -158,8 +158,8 @@ impl Engine {
                 next_rescan = Instant::now() + self.rescan_interval;
             }
             self.publish(earliest);
-            if std::mem::take(&mut self.unsent) {
-                self.snapshots.send_replace(Arc::new(self.snapshot.clone()));
+            if self.unsent {
+                self.send_snapshot();
             }
             // Ready only once what the scan found is published.
             if let Some(ok) = scanned {
@@ -304,7 +304,9 @@ impl Engine {
         }
         self.said_too_many_volumes = new.volumes.len() > crate::metrics::MAX_EXPORTED_VOLUMES;
         let old = std::mem::replace(&mut self.snapshot.verdicts, Arc::new(new));
-        self.unsent = true;
+        // Readers see the new verdicts before any `/watch` line or log about them: a
+        // client that reads `/scan` on a line finds what the line says.
+        self.send_snapshot();
         let latency = earliest.elapsed().as_secs_f64();
         // The first picture of the node is no news: one summary line, not a line per
         // volume (thousands on a big node).
@@ -318,6 +320,11 @@ impl Engine {
         for n in notices(&old, &self.snapshot.verdicts, &changes, pod_name) {
             self.tell(n);
         }
+    }
+
+    fn send_snapshot(&mut self) {
+        self.snapshots.send_replace(Arc::new(self.snapshot.clone()));
+        self.unsent = false;
     }
 
     fn labels(&self, key: &VolumeKey) -> VolumeLabels {
