@@ -227,11 +227,8 @@ impl Inventory {
         for (uid, fact) in unreadable {
             lww(&mut self.pods, uid, w, fact);
         }
-        let facts = |m: &BTreeMap<PodUid, (Seq, PodFact)>| -> BTreeMap<PodUid, PodFact> {
-            m.iter().map(|(k, (_, f))| (k.clone(), f.clone())).collect()
-        };
-        let (before, after) = (facts(&old_pods), facts(&self.pods));
-        for uid in merge_diff(&before, &after) {
+        // What a pod's reads say, not when they were read.
+        for uid in changed_keys(old_pods.iter(), self.pods.iter(), |a, b| a.1 == b.1) {
             self.changes.pods.insert(uid.clone());
         }
 
@@ -241,11 +238,7 @@ impl Inventory {
             let identity = scan.identities.get(&dev).cloned();
             lww(&mut self.devices, dev, w, (true, identity));
         }
-        let values = |m: &BTreeMap<DevNum, (Seq, (bool, Option<DiskId>))>| -> BTreeMap<DevNum, (bool, Option<DiskId>)> {
-            m.iter().map(|(k, (_, v))| (*k, v.clone())).collect()
-        };
-        let (before, after) = (values(&old_devices), values(&self.devices));
-        for dev in merge_diff(&before, &after) {
+        for dev in changed_keys(old_devices.iter(), self.devices.iter(), |a, b| a.1 == b.1) {
             self.changes.devices.insert(*dev);
         }
 
@@ -416,39 +409,45 @@ fn lww<K: Ord, V>(map: &mut BTreeMap<K, (Seq, V)>, key: K, seq: Seq, value: V) {
     }
 }
 
-/// The keys whose values differ between two maps (present in one only, or unequal): one
-/// ordered walk of both.
+/// The keys whose values differ between two maps (present in one only, or unequal).
 fn merge_diff<'a, K: Ord, V: PartialEq>(a: &'a BTreeMap<K, V>, b: &'a BTreeMap<K, V>) -> Vec<&'a K> {
-    let mut out = Vec::new();
-    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
-    loop {
-        match (x.peek(), y.peek()) {
-            (None, None) => return out,
-            (Some((k, _)), None) => {
-                out.push(*k);
-                x.next();
+    changed_keys(a.iter(), b.iter(), V::eq)
+}
+
+/// The keys of two key-ordered sequences whose values differ: present in one only, or not
+/// `same`.
+fn changed_keys<'a, K: Ord + 'a, V: 'a>(
+    a: impl Iterator<Item = (&'a K, &'a V)>,
+    b: impl Iterator<Item = (&'a K, &'a V)>,
+    same: impl Fn(&V, &V) -> bool,
+) -> Vec<&'a K> {
+    merge_join(a, b)
+        .filter(|(_, x, y)| !matches!((x, y), (Some(x), Some(y)) if same(x, y)))
+        .map(|(k, _, _)| k)
+        .collect()
+}
+
+/// Walks two key-ordered sequences together (every map here iterates in key order): each
+/// key once, with its value on each side.
+pub(crate) fn merge_join<'a, K: Ord + 'a, V: 'a>(
+    a: impl Iterator<Item = (&'a K, &'a V)>,
+    b: impl Iterator<Item = (&'a K, &'a V)>,
+) -> impl Iterator<Item = (&'a K, Option<&'a V>, Option<&'a V>)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        Some(match order {
+            std::cmp::Ordering::Less => a.next().map(|(k, v)| (k, Some(v), None))?,
+            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k, None, Some(v)))?,
+            std::cmp::Ordering::Equal => {
+                let ((k, va), (_, vb)) = (a.next()?, b.next()?);
+                (k, Some(va), Some(vb))
             }
-            (None, Some((k, _))) => {
-                out.push(*k);
-                y.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(*ka);
-                    x.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(*kb);
-                    y.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if va != vb {
-                        out.push(*ka);
-                    }
-                    x.next();
-                    y.next();
-                }
-            },
-        }
-    }
+        })
+    })
 }

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use imbl::{OrdMap, OrdSet};
 
-use crate::inventory::{Changes, Inventory, PodFact};
+use crate::inventory::{merge_join, Changes, Inventory, PodFact};
 pub use crate::model::{ConditionStatus, HandoffReason, VolumeKey, VolumeMode, VolumeState};
 use crate::model::{DevNum, DiskId, Finished, LauncherEntry, PodDisks, PodUid};
 
@@ -670,30 +670,6 @@ fn diff_into<'a>(
             out.handoffs.push(HandoffTransition { pod: pod.clone(), from, to });
         }
     }
-}
-
-/// Walks two key-ordered sequences together: each key once, with its value on each side.
-fn merge_join<'a, K: Ord + 'a, V: 'a>(
-    a: impl Iterator<Item = (&'a K, &'a V)>,
-    b: impl Iterator<Item = (&'a K, &'a V)>,
-) -> impl Iterator<Item = (&'a K, Option<&'a V>, Option<&'a V>)> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || {
-        let order = match (a.peek(), b.peek()) {
-            (None, None) => return None,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-        };
-        Some(match order {
-            std::cmp::Ordering::Less => a.next().map(|(k, v)| (k, Some(v), None))?,
-            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k, None, Some(v)))?,
-            std::cmp::Ordering::Equal => {
-                let ((k, va), (_, vb)) = (a.next()?, b.next()?);
-                (k, Some(va), Some(vb))
-            }
-        })
-    })
 }
 
 #[cfg(test)]
