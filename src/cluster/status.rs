@@ -81,6 +81,22 @@ impl<T: PartialEq> Writes<T> {
         }
     }
 
+    /// Whether a write of `want` starts now, with `in_flight` writes under way; when not
+    /// yet, when to look again goes into `again`.
+    fn turn(&self, want: &T, now: Instant, again: &mut Again, in_flight: usize) -> Turn {
+        match self.may_write(want, now) {
+            Err(t) => {
+                if let Some(t) = t {
+                    again.at(t);
+                }
+                Turn::Later
+            }
+            // Full: the end of a write brings another look.
+            Ok(()) if in_flight >= MAX_IN_FLIGHT => Turn::Full,
+            Ok(()) => Turn::Now,
+        }
+    }
+
     fn written(&mut self, want: T, at: Instant) {
         self.retry.reset();
         self.next_allowed = Some(at + MIN_INTERVAL);
@@ -106,6 +122,15 @@ impl<T: PartialEq> Writes<T> {
 /// The earliest of the times to look again.
 #[derive(Default)]
 struct Again(Option<Instant>);
+
+/// What the writers do with one object's write.
+enum Turn {
+    Now,
+    /// Not this object now (rate, echo or a write under way).
+    Later,
+    /// No room for another write in flight: stop looking.
+    Full,
+}
 
 impl Again {
     fn at(&mut self, t: Instant) {
@@ -200,16 +225,10 @@ impl ConditionWriter {
                 self.failures.forget(uid);
                 continue;
             };
-            match state.may_write(want, now) {
-                Err(t) => {
-                    if let Some(t) = t {
-                        again.at(t);
-                    }
-                    continue;
-                }
-                // Full: the end of a write brings another look.
-                Ok(()) if in_flight.len() >= MAX_IN_FLIGHT => break,
-                Ok(()) => {}
+            match state.turn(want, now, &mut again, in_flight.len()) {
+                Turn::Later => continue,
+                Turn::Full => break,
+                Turn::Now => {}
             }
             state.in_flight = true;
             let (namespace, name) = (pod.meta.namespace.clone(), pod.meta.name.clone());
@@ -326,15 +345,10 @@ impl VmiStatusWriter {
             let Some(entries) = &vmi.volume_status else { continue };
             let Some((ops, expect)) = volume_status::patch(entries, launcher, verdicts) else { continue };
             let state = self.vmis.entry(uid.clone()).or_default();
-            match state.writes.may_write(&ops, now) {
-                Err(t) => {
-                    if let Some(t) = t {
-                        again.at(t);
-                    }
-                    continue;
-                }
-                Ok(()) if in_flight.len() >= MAX_IN_FLIGHT => break,
-                Ok(()) => {}
+            match state.writes.turn(&ops, now, &mut again, in_flight.len()) {
+                Turn::Later => continue,
+                Turn::Full => break,
+                Turn::Now => {}
             }
             let Ok(json_patch) = serde_json::from_value::<json_patch::Patch>(Value::Array(ops.clone())) else {
                 continue;
