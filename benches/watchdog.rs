@@ -369,6 +369,11 @@ impl AgentProcess {
     }
 
     fn stop(mut self) {
+        // HOTPLUG_WATCHDOG_BENCH_LOGS=DIR keeps each agent's log there (`agent-<pid>.log`),
+        // to see where its time went.
+        if let Some(dir) = std::env::var_os("HOTPLUG_WATCHDOG_BENCH_LOGS") {
+            let _ = fs::copy(self._log.path(), Path::new(&dir).join(format!("agent-{}.log", self.pid())));
+        }
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();

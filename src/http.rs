@@ -243,6 +243,38 @@ pub async fn serve(
     Ok(())
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+/// Listens on `addr` now, so that a port in use stops the agent at start.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves on a thread of its own, with a runtime of its own, until `state.stopping` turns
+/// true; the returned channel says how serving ended. Why a thread: the cluster side's
+/// tasks (the condition writers above all, which look at every attachment pod when the
+/// verdicts change) run on the main runtime, and on a shared thread they delayed `/watch`
+/// lines by milliseconds (BENCHMARKS.md, "the p99 tail"); here a line is written as soon
+/// as the engine publishes it.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    state: AppState,
+    limits: Limits,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        let served = (|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let mut stopping = state.stopping.clone();
+                serve(listener, state, limits, async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .await
+            })
+        })();
+        let _ = done_tx.send(served);
+    })?;
+    Ok(done)
 }

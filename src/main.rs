@@ -203,7 +203,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let engine_hb = health.register("engine");
         std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
 
-        let listener = http::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = http::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let mode = if node_name.is_some() { "cluster" } else { "standalone" };
         tracing::info!(mode, node = ?node_name, listen = %args.listen, kubelet_root = %paths.kubelet_root.display(), mountinfo = %paths.mountinfo.display(), "hotplug-watchdog running");
         // `/watch` streams end at shutdown, so that graceful shutdown does not wait on them.
@@ -212,11 +212,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let watch_streams = Arc::new(tokio::sync::Semaphore::new(limits.max_watch_streams));
         let state =
             http::AppState { metrics, snapshots, health, stall_after: args.stall_timeout, feed, stopping, watch_streams };
-        http::serve(listener, state, limits, async move {
-            shutdown_signal().await;
-            let _ = stopping_tx.send(true);
-        })
-        .await?;
+        let mut served = http::spawn(listener, state, limits).context("cannot start the HTTP server")?;
+        tokio::select! {
+            () = shutdown_signal() => {
+                let _ = stopping_tx.send(true);
+                // Requests under way finish first (at most a few seconds, see http::serve).
+                if let Ok(result) = served.await {
+                    result?;
+                }
+            }
+            // The server ended by itself: only an error does that.
+            ended = &mut served => ended.unwrap_or_else(|_| Err(std::io::Error::other("the HTTP thread panicked")))
+                .context("the HTTP server stopped")?,
+        }
         anyhow::Ok(())
     })?;
     running.stop(std::time::Duration::from_secs(1));

@@ -230,6 +230,12 @@ impl Verdicts {
         self.attachment_pods.extend(judged.attachment_pods);
     }
 
+    /// The attachment pods judged with `launcher` (those that work for it): the only pods
+    /// whose verdicts name its volumes.
+    pub fn attachment_pods_of(&self, launcher: &PodUid) -> impl Iterator<Item = &PodUid> {
+        self.by_launcher.get(launcher).into_iter().flatten()
+    }
+
     /// Takes out everything judged with `launcher`: its volumes and its attachment pods.
     fn remove_group(&mut self, launcher: &PodUid) -> Judged {
         let mut out = Judged::default();

@@ -9,7 +9,7 @@
 //! per second, and one at a time; a failed write is retried with a jittered, growing delay;
 //! a write is not repeated before the watch has had time to show it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,13 +163,11 @@ struct VmiWrite {
     error: String,
 }
 
-/// What every pod's conditions should say, decided once per verdicts and view: the pods'
-/// own changes (our writes coming back above all) are only compared with it.
+/// What every attachment pod's conditions should say, and what that was decided from.
 struct Decided {
     verdicts: Arc<Verdicts>,
     view: Arc<ClusterView>,
-    /// `None`: the verdicts may not speak for the cluster yet.
-    desired: Option<Arc<BTreeMap<PodUid, Vec<Desired>>>>,
+    desired: BTreeMap<PodUid, Vec<Desired>>,
 }
 
 pub struct ConditionWriter {
@@ -178,68 +176,120 @@ pub struct ConditionWriter {
     pods: BTreeMap<PodUid, Writes<Vec<Desired>>>,
     /// Pods whose conditions could not be written: the agent is not ready meanwhile.
     failures: WriteHealth,
+    /// `None` while the verdicts may not speak for the cluster (no full scan, or roles not
+    /// from the API yet): then nothing is written.
     decided: Option<Decided>,
+    /// Pods whose conditions may differ from what they should say: looked at on the next
+    /// flush. A pod leaves it once it says what it should, or is gone.
+    dirty: BTreeSet<PodUid>,
+    /// The objects as last looked at: a pod whose object changed since is dirty.
+    seen: Arc<Observed>,
 }
 
 impl ConditionWriter {
     pub fn new(client: Client, writes: Family<WriteLabels, Counter>, failures: WriteHealth) -> Self {
-        ConditionWriter { client, writes, pods: BTreeMap::new(), failures, decided: None }
-    }
-
-    fn desired(
-        &mut self,
-        view: &Arc<ClusterView>,
-        verdicts: &Arc<Verdicts>,
-    ) -> Option<Arc<BTreeMap<PodUid, Vec<Desired>>>> {
-        if let Some(d) =
-            self.decided.as_ref().filter(|d| Arc::ptr_eq(&d.verdicts, verdicts) && Arc::ptr_eq(&d.view, view))
-        {
-            return d.desired.clone();
+        ConditionWriter {
+            client,
+            writes,
+            pods: BTreeMap::new(),
+            failures,
+            decided: None,
+            dirty: BTreeSet::new(),
+            seen: Arc::default(),
         }
-        let desired = super::conditions::desired(verdicts, &view.attachment_pods).map(Arc::new);
-        self.decided = Some(Decided { verdicts: verdicts.clone(), view: view.clone(), desired: desired.clone() });
-        desired
     }
 
-    /// Starts a write for every pod whose conditions differ from what the verdicts say
-    /// and that may be written now, while `in_flight` has room; returns when to look again.
+    /// Brings `decided` up to `verdicts` and `view`: new verdicts decide again only the
+    /// pods they can change (`conditions::redecide`), a new view decides everything again.
+    fn decide(&mut self, view: &Arc<ClusterView>, verdicts: &Arc<Verdicts>) {
+        if !super::conditions::may_speak(verdicts) {
+            self.decided = None;
+            return;
+        }
+        let d = match &mut self.decided {
+            Some(d) if Arc::ptr_eq(&d.view, view) => d,
+            _ => {
+                let desired = super::conditions::desired(verdicts, &view.attachment_pods).unwrap_or_default();
+                self.pods.retain(|uid, w| w.in_flight || desired.contains_key(uid));
+                self.failures.retain(|uid| desired.contains_key(uid));
+                self.dirty = desired.keys().cloned().collect();
+                self.decided = Some(Decided { verdicts: verdicts.clone(), view: view.clone(), desired });
+                return;
+            }
+        };
+        if Arc::ptr_eq(&d.verdicts, verdicts) {
+            return;
+        }
+        self.dirty.extend(super::conditions::redecide(&d.verdicts, verdicts, &mut d.desired));
+        d.verdicts = verdicts.clone();
+    }
+
+    /// Marks dirty every pod whose watched object changed since the last look (our own
+    /// writes coming back among them): pointers are compared, not objects.
+    fn notice_objects(&mut self, observed: &Arc<Observed>) {
+        if Arc::ptr_eq(&self.seen, observed) {
+            return;
+        }
+        let Some(d) = &self.decided else { return };
+        for (uid, pod) in &observed.pods {
+            if self.seen.pods.get(uid).is_none_or(|old| !Arc::ptr_eq(old, pod)) && d.desired.contains_key(uid) {
+                self.dirty.insert(uid.clone());
+            }
+        }
+        self.seen = observed.clone();
+    }
+
+    /// Starts a write for every dirty pod whose conditions differ from what the verdicts
+    /// say and that may be written now, while `in_flight` has room; returns when to look
+    /// again.
     fn flush(
         &mut self,
-        observed: &Observed,
+        observed: &Arc<Observed>,
         verdicts: &Arc<Verdicts>,
         in_flight: &mut JoinSet<Done>,
     ) -> Option<Instant> {
+        self.decide(&observed.view, verdicts);
+        self.notice_objects(observed);
         // No condition before the first full scan and a view from synced watches.
-        let desired = self.desired(&observed.view, verdicts)?;
-        self.pods.retain(|uid, w| w.in_flight || desired.contains_key(uid));
-        self.failures.retain(|uid| desired.contains_key(uid));
+        let desired = &self.decided.as_ref()?.desired;
         let mut again = Again::default();
         let now = Instant::now();
         let transition_time = Time(k8s_openapi::jiff::Timestamp::now());
-        for (uid, want) in desired.iter() {
-            let Some(pod) = observed.pods.get(uid) else { continue };
+        let mut look = std::mem::take(&mut self.dirty).into_iter();
+        for uid in look.by_ref() {
+            // Gone from the view, or not seen through the watch yet (its arrival marks
+            // it dirty again).
+            let (Some(want), Some(pod)) = (desired.get(&uid), observed.pods.get(&uid)) else { continue };
             let state = self.pods.entry(uid.clone()).or_default();
             let Some(body) = patch(&pod.conditions, want, &transition_time) else {
                 state.retry.reset();
                 // The pod already says what it should: nothing of it is stale.
-                self.failures.forget(uid);
+                self.failures.forget(&uid);
                 continue;
             };
             match state.turn(want, now, &mut again, in_flight.len()) {
-                Turn::Later => continue,
-                Turn::Full => break,
+                Turn::Later => {
+                    self.dirty.insert(uid);
+                    continue;
+                }
+                Turn::Full => {
+                    self.dirty.insert(uid);
+                    break;
+                }
                 Turn::Now => {}
             }
             state.in_flight = true;
             let (namespace, name) = (pod.meta.namespace.clone(), pod.meta.name.clone());
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let (uid, want) = (uid.clone(), want.clone());
+            let want = want.clone();
             in_flight.spawn(async move {
                 let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
                 let (result, error, _) = timed(api.patch_status(&name, &params, &Patch::Strategic(&body))).await;
                 Done::Pod(PodWrite { uid, namespace, name, want, started: now, result, error })
             });
         }
+        // No room left: the rest waits for a write to end.
+        self.dirty.extend(look);
         again.0
     }
 
@@ -248,6 +298,8 @@ impl ConditionWriter {
         // Gone from the view meanwhile: nothing to keep about it.
         let Some(state) = self.pods.get_mut(&w.uid) else { return };
         state.in_flight = false;
+        // Whatever the result, the pod is looked at again: it may need another write.
+        self.dirty.insert(w.uid.clone());
         let (ns, name) = (&w.namespace, &w.name);
         if w.result == WriteResult::Ok {
             state.written(w.want, w.started);

@@ -6,6 +6,7 @@ use nix::errno::Errno;
 use proptest::prelude::*;
 
 use super::*;
+use crate::cluster::conditions::{self, Desired};
 use crate::inventory::{ApiAttachment, ApiLauncher, ClusterFacts, DiskId, Finished, FullScan, Observation, Seq};
 use crate::layout::Unreadable;
 use crate::model::MountSite;
@@ -833,6 +834,9 @@ proptest! {
             inv.apply(Observation::Cluster(facts.clone()));
         }
         let (mut incremental, mut scratch) = (Verdicts::default(), Verdicts::default());
+        // The condition writers' view of the attachment pods: every one, on the node or not.
+        let api_pods: BTreeMap<PodUid, String> = ATTACHMENTS.iter().map(|p| (PodUid::from(*p), p.to_string())).collect();
+        let mut decided: Option<(Verdicts, BTreeMap<PodUid, Vec<Desired>>)> = None;
         for batch in steps.iter().map(Some).chain([None]) {
             for s in batch.into_iter().flatten() {
                 seq += 1;
@@ -863,6 +867,22 @@ proptest! {
             }
             prop_assert_eq!(&incremental, &next);
             scratch = next;
+            // The writers decide again only what the new verdicts can change; that equals
+            // deciding every pod from scratch, and names exactly the pods that changed.
+            let want = conditions::desired(&incremental, &api_pods);
+            decided = match (decided.take(), want) {
+                (Some((old, mut got)), Some(want)) => {
+                    let before = got.clone();
+                    let mut changed = conditions::redecide(&old, &incremental, &mut got);
+                    changed.sort();
+                    let differ: Vec<PodUid> = want.iter().filter(|(p, w)| before[*p] != **w).map(|(p, _)| p.clone()).collect();
+                    prop_assert_eq!(&got, &want);
+                    prop_assert_eq!(changed, differ);
+                    Some((incremental.clone(), got))
+                }
+                (None, Some(want)) => Some((incremental.clone(), want)),
+                (_, None) => None,
+            };
         }
     }
 }
