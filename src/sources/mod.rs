@@ -15,13 +15,14 @@ pub mod uevents;
 
 pub use channel::{Receiver, Sender};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::device::DevNum;
 use crate::inventory::{FullScan, Observation, Seq};
-use crate::layout::{KubeletLayout, LayoutError, Skipped};
+use crate::layout::{KubeletLayout, LayoutError, PodDisks, PodUid, Skipped, Unreadable};
 
 /// Where the agent reads the node from. Every path is configurable so that tests run on
 /// a temp tree and a container can mount the host's paths anywhere.
@@ -151,32 +152,56 @@ pub enum ReadError {
     Mountinfo { path: PathBuf, source: std::io::Error },
 }
 
-/// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table.
+/// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table. The
+/// block devices and their identities are read on a second thread meanwhile: on a node of
+/// thousands of volumes each half takes tens of milliseconds, and the first full scan is
+/// what start-up waits for. Both begin after `seq` was taken, so their order does not matter.
 pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
-    let layout = paths.layout();
-    let (uids, mut skipped) = layout.list_pods()?;
-    let (mut pods, mut unreadable) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
-    for uid in uids {
-        let mut pod = layout.scan_pod(&uid);
-        skipped.append(&mut pod.skipped);
-        match (pod.disks, pod.unreadable) {
-            (disks, Some(errno)) => {
-                unreadable.insert(uid, (disks, errno));
-            }
-            (Some(disks), None) => {
-                pods.insert(uid, disks);
-            }
-            (None, None) => {}
-        }
-    }
-    let devices = sysfs::list_block_devices(&paths.sysfs)
-        .map_err(|source| ReadError::Sysfs { path: paths.sysfs.clone(), source })?;
+    let sysfs = &paths.sysfs;
+    let read_devices = || {
+        let devices =
+            sysfs::list_block_devices(sysfs).map_err(|source| ReadError::Sysfs { path: sysfs.clone(), source })?;
+        let identities = sysfs::identities(sysfs, devices.iter().copied());
+        Ok::<_, ReadError>((devices, identities))
+    };
+    let (pods, devices) = std::thread::scope(|s| {
+        // Without a thread (none to be had), one after the other.
+        let devices = std::thread::Builder::new().name("scan-devices".into()).spawn_scoped(s, read_devices);
+        let pods = read_pods(&paths.layout());
+        let devices = match devices {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => read_devices(),
+        };
+        (pods, devices)
+    });
+    let (pods, unreadable, skipped) = pods?;
+    let (devices, identities) = devices?;
     let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
         .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
-    let identities = sysfs::identities(&paths.sysfs, &devices);
     Ok(NodeRead {
         scan: FullScan { seq, pods, unreadable, devices, identities, mounts },
         skipped,
         malformed_mount_lines,
     })
+}
+
+type PodReads = (BTreeMap<PodUid, PodDisks>, BTreeMap<PodUid, (Option<PodDisks>, Unreadable)>, Vec<Skipped>);
+
+/// Every pod directory: the readable ones, the unreadable ones, and the entries skipped.
+fn read_pods(layout: &KubeletLayout) -> Result<PodReads, ReadError> {
+    let (uids, mut skipped) = layout.list_pods()?;
+    let (mut pods, mut unreadable) = (BTreeMap::new(), BTreeMap::new());
+    for mut pod in layout.scan_pods(&uids) {
+        skipped.append(&mut pod.skipped);
+        match (pod.disks, pod.unreadable) {
+            (disks, Some(errno)) => {
+                unreadable.insert(pod.uid, (disks, errno));
+            }
+            (Some(disks), None) => {
+                pods.insert(pod.uid, disks);
+            }
+            (None, None) => {}
+        }
+    }
+    Ok((pods, unreadable, skipped))
 }
