@@ -89,7 +89,10 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Exposition::from_accept(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], s.metrics.encode(format))
+    // Sent as it is made, a chunk at a time: a node of thousands of volumes never holds
+    // its whole exposition in memory.
+    let chunks = futures::stream::iter(s.metrics.scrape(format).map(Ok::<_, std::convert::Infallible>));
+    ([(header::CONTENT_TYPE, format.content_type())], Body::from_stream(chunks))
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {

@@ -152,7 +152,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_gone_series_for(args.gone_series_for);
         if let Some((node, lease)) = node_name.clone().zip(lease) {
             // Building the client reads configuration only; the API server may be down.
-            let client = cluster::client::connect(args.kubeconfig.as_deref(), metrics.api_requests_total.clone()).await?;
+            let config = cluster::client::config(args.kubeconfig.as_deref()).await?;
+            let client = cluster::client::build(config.clone(), metrics.api_requests_total.clone())?;
+            // The lease has connections of its own (see lease::run).
+            let lease_client = cluster::client::build(config, metrics.api_requests_total.clone())?;
             let (events_tx, events_rx) = cluster::events::EventSender::channel(metrics.events_total.clone());
             let events_tx_for_status = events_tx.clone();
             engine = engine.with_notice_sink(Box::new(move |vmi, n| {
@@ -189,7 +192,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
             spawn_supervised(&health, "events", events);
             let lease = cluster::lease::run(
-                client,
+                lease_client,
                 lease,
                 health.clone(),
                 args.stall_timeout,

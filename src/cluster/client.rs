@@ -57,7 +57,12 @@ impl Verb {
 }
 
 pub async fn connect(kubeconfig: Option<&Path>, requests: Family<VerbLabel, Counter>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+    build(config(kubeconfig).await?, requests)
+}
+
+/// Where the API server is and how to talk to it: a kubeconfig, or the pod's own.
+pub async fn config(kubeconfig: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display()))?;
@@ -66,7 +71,11 @@ pub async fn connect(kubeconfig: Option<&Path>, requests: Family<VerbLabel, Coun
         None => Config::incluster().map_err(|e| {
             anyhow::anyhow!("not in a pod ({e}); pass --kubeconfig, or --standalone to run without Kubernetes")
         })?,
-    };
+    })
+}
+
+/// A client with connections of its own, counting its requests in `requests`.
+pub fn build(config: Config, requests: Family<VerbLabel, Counter>) -> anyhow::Result<Client> {
     let count = tower::util::MapRequestLayer::new(move |req: Request<Body>| {
         requests.get_or_create(&VerbLabel::new(Verb::of(&req))).inc();
         req
