@@ -521,3 +521,53 @@ fn open_hotplug_dir(root: &OwnedFd, root_path: &Path, uid: &str) -> Result<Owned
     }
     Ok(fd.expect("the hotplug path has components"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// The one-call open of a pod's hotplug-disks gives way to the walk whenever something
+    /// is in the way, and the walk names it: a symlink or a file where a directory should
+    /// be, at any depth, is skipped and makes the pod unreadable; a pod without the
+    /// directory is no skip at all; a good one is read.
+    #[test]
+    fn what_stands_in_the_way_of_hotplug_disks_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        let layout = KubeletLayout::new(&root);
+        let hotplug = |pod: &str| layout.hotplug_dir(pod);
+        let empty_dir = |pod: &str| root.join(pod).join("volumes/kubernetes.io~empty-dir");
+        fs::create_dir_all(hotplug("good")).unwrap();
+        fs::write(hotplug("good").join("disk1.img"), b"").unwrap();
+        fs::create_dir_all(root.join("plain/volumes")).unwrap();
+        fs::create_dir_all(root.join("file-volumes")).unwrap();
+        fs::write(root.join("file-volumes/volumes"), b"").unwrap();
+        fs::create_dir_all(empty_dir("file-hotplug")).unwrap();
+        fs::write(hotplug("file-hotplug"), b"").unwrap();
+        // A symlink midway, to a real hotplug-disks elsewhere: never followed.
+        fs::create_dir_all(tmp.path().join("elsewhere/hotplug-disks")).unwrap();
+        fs::write(tmp.path().join("elsewhere/hotplug-disks/stolen.img"), b"").unwrap();
+        fs::create_dir_all(root.join("link-mid/volumes")).unwrap();
+        symlink(tmp.path().join("elsewhere"), empty_dir("link-mid")).unwrap();
+
+        let good = layout.scan_pod("good");
+        assert_eq!(good.disks, Some(PodDisks::Launcher(BTreeMap::from([("disk1".into(), LauncherEntry::Image)]))));
+        assert_eq!((good.skipped.len(), good.unreadable), (0, None));
+
+        let plain = layout.scan_pod("plain");
+        assert_eq!((plain.disks, plain.skipped.len(), plain.unreadable), (None, 0, None));
+
+        for (pod, at, reason) in [
+            ("file-volumes", root.join("file-volumes/volumes"), SkipReason::NotADirectory),
+            ("file-hotplug", hotplug("file-hotplug"), SkipReason::NotADirectory),
+            ("link-mid", empty_dir("link-mid"), SkipReason::Symlink),
+        ] {
+            let scan = layout.scan_pod(pod);
+            assert_eq!(scan.disks, None, "{pod}");
+            assert_eq!(scan.skipped, vec![Skipped { path: at, reason }], "{pod}");
+            assert!(matches!(scan.unreadable, Some(Unreadable::Error(_))), "{pod}: {:?}", scan.unreadable);
+        }
+    }
+}
