@@ -551,6 +551,9 @@ mod tests {
         fs::write(tmp.path().join("elsewhere/hotplug-disks/stolen.img"), b"").unwrap();
         fs::create_dir_all(root.join("link-mid/volumes")).unwrap();
         symlink(tmp.path().join("elsewhere"), empty_dir("link-mid")).unwrap();
+        // And one that stays inside the tree, to another pod's: not followed either.
+        fs::create_dir_all(root.join("link-inside/volumes")).unwrap();
+        symlink("../../good/volumes/kubernetes.io~empty-dir", empty_dir("link-inside")).unwrap();
 
         let good = layout.scan_pod("good");
         assert_eq!(good.disks, Some(PodDisks::Launcher(BTreeMap::from([("disk1".into(), LauncherEntry::Image)]))));
@@ -563,6 +566,7 @@ mod tests {
             ("file-volumes", root.join("file-volumes/volumes"), SkipReason::NotADirectory),
             ("file-hotplug", hotplug("file-hotplug"), SkipReason::NotADirectory),
             ("link-mid", empty_dir("link-mid"), SkipReason::Symlink),
+            ("link-inside", empty_dir("link-inside"), SkipReason::Symlink),
         ] {
             let scan = layout.scan_pod(pod);
             assert_eq!(scan.disks, None, "{pod}");
