@@ -22,7 +22,7 @@ use crate::report::PodNames;
 use crate::snapshot::{Snapshot, Snapshots};
 use crate::sources::health::Health;
 use crate::sources::{RescanReason, SourceKind};
-use crate::verdict::{ConditionStatus, VolumeKey, VolumeState};
+use crate::verdict::{AttachmentVerdict, ConditionStatus, VolumeKey, VolumeState, VolumeVerdict};
 
 pub const PREFIX: &str = "hotplug_watchdog";
 
@@ -478,19 +478,25 @@ impl Collector for VerdictSlice {
         let (skip, take) = (self.items.start, self.items.len());
         let volumes = || p.verdicts.volumes.iter().skip(skip).take(take);
         let pods = || p.verdicts.attachment_pods.iter().skip(skip).take(take);
-        match self.section {
-            Section::DevicePresent => {
-                let mut m = encoder.encode_descriptor(
-                    "volume_device_present",
-                    "1 when the launcher's node or mount for the volume points at a device that exists",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (key, v) in volumes() {
-                    ConstGauge::new(i64::from(v.state.device_present()))
-                        .encode(m.encode_family(&volume_labels(&p.names, key))?)?;
-                }
+        // One 0/1 gauge per volume, or per attachment pod, of the slice.
+        let mut per_volume = |name, help, value: fn(&VolumeVerdict) -> bool| {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (key, v) in volumes() {
+                ConstGauge::new(i64::from(value(v))).encode(m.encode_family(&volume_labels(&p.names, key))?)?;
             }
+            Ok::<_, std::fmt::Error>(())
+        };
+        match self.section {
+            Section::DevicePresent => per_volume(
+                "volume_device_present",
+                "1 when the launcher's node or mount for the volume points at a device that exists",
+                |v| v.state.device_present(),
+            )?,
+            Section::Unplugging => per_volume(
+                "volume_unplugging",
+                "1 when the volume has left its VMI's spec (cluster mode): an unplug is under way and its device going away is expected",
+                |v| v.in_spec == Some(false),
+            )?,
             Section::State => {
                 let mut m = encoder.encode_descriptor(
                     "volume_state",
@@ -506,51 +512,27 @@ impl Collector for VerdictSlice {
                     }
                 }
             }
-            Section::Unplugging => {
-                let mut m = encoder.encode_descriptor(
-                    "volume_unplugging",
-                    "1 when the volume has left its VMI's spec (cluster mode): an unplug is under way and its device going away is expected",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (key, v) in volumes() {
-                    ConstGauge::new(i64::from(v.in_spec == Some(false)))
-                        .encode(m.encode_family(&volume_labels(&p.names, key))?)?;
-                }
-            }
-            Section::Superseded => {
-                let mut m = encoder.encode_descriptor(
-                    "attachment_pod_superseded",
-                    "1 when another attachment pod of the same launcher is meant to replace this one (a swap is under way)",
-                    None,
-                    MetricType::Gauge,
-                )?;
+            Section::Superseded | Section::HandoffSafe | Section::HandoffUnknown => {
+                let (name, help, value): (_, _, fn(&AttachmentVerdict) -> bool) = match self.section {
+                    Section::Superseded => (
+                        "attachment_pod_superseded",
+                        "1 when another attachment pod of the same launcher is meant to replace this one (a swap is under way)",
+                        |a| a.superseded,
+                    ),
+                    Section::HandoffSafe => (
+                        "attachment_pod_handoff_safe",
+                        "1 when deleting this attachment pod now leaves every launcher device it serves served by another pod",
+                        |a| a.handoff_safe(),
+                    ),
+                    _ => (
+                        "attachment_pod_handoff_unknown",
+                        "1 when the agent cannot tell whether deleting this attachment pod is safe (HandoffSafe=Unknown: a read error, a launcher the API does not confirm, a filesystem volume pending, ...)",
+                        |a| a.handoff.status() == ConditionStatus::Unknown,
+                    ),
+                };
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 for (uid, a) in pods() {
-                    ConstGauge::new(i64::from(a.superseded)).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
-                }
-            }
-            Section::HandoffSafe => {
-                let mut m = encoder.encode_descriptor(
-                    "attachment_pod_handoff_safe",
-                    "1 when deleting this attachment pod now leaves every launcher device it serves served by another pod",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (uid, a) in pods() {
-                    ConstGauge::new(i64::from(a.handoff_safe()))
-                        .encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
-                }
-            }
-            Section::HandoffUnknown => {
-                let mut m = encoder.encode_descriptor(
-                    "attachment_pod_handoff_unknown",
-                    "1 when the agent cannot tell whether deleting this attachment pod is safe (HandoffSafe=Unknown: a read error, a launcher the API does not confirm, a filesystem volume pending, ...)",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (uid, a) in pods() {
-                    let unknown = a.handoff.status() == ConditionStatus::Unknown;
-                    ConstGauge::new(i64::from(unknown)).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
+                    ConstGauge::new(i64::from(value(a))).encode(m.encode_family(&pod_labels(&p.names, uid))?)?;
                 }
             }
             Section::Totals => {
