@@ -431,7 +431,7 @@ fn settle_api(agent: &AgentProcess) {
 /// The kernel's `remove` uevents of loop devices, by index, stamped on arrival: when the
 /// kernel announced the removal (it does so inside `LOOP_CTL_REMOVE`, before the ioctl
 /// returns), read the same way the agent reads it.
-fn kernel_removals() -> Receiver<(Instant, u32)> {
+fn kernel_removals() -> Receiver<(Instant, (u32, SystemTime))> {
     use nix::sys::socket::{
         bind, recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
     };
@@ -445,7 +445,7 @@ fn kernel_removals() -> Receiver<(Instant, u32)> {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else { continue };
-            let at = Instant::now();
+            let (at, wall) = (Instant::now(), SystemTime::now());
             let fields: Vec<&[u8]> = buf[..n].split(|b| *b == 0).collect();
             let field = |k: &str| fields.iter().find_map(|f| f.strip_prefix(k.as_bytes()));
             if field("ACTION=") != Some(b"remove") || field("SUBSYSTEM=") != Some(b"block") {
@@ -454,7 +454,7 @@ fn kernel_removals() -> Receiver<(Instant, u32)> {
             let index =
                 field("DEVNAME=").and_then(|d| std::str::from_utf8(d.strip_prefix(b"loop")?).ok()?.parse().ok());
             if let Some(index) = index {
-                if tx.send((at, index)).is_err() {
+                if tx.send((at, (index, wall))).is_err() {
                     return;
                 }
             }
@@ -521,10 +521,15 @@ fn condition_updates(cp: &ControlPlane, namespace: &str) -> Receiver<(Instant, (
 
 /// Takes items until one matches; its arrival time, or `None` after `WAIT`.
 fn wait_for<T>(rx: &Receiver<(Instant, T)>, matches: impl Fn(&T) -> bool) -> Option<Instant> {
+    wait_for_item(rx, matches).map(|(at, _)| at)
+}
+
+/// [`wait_for`], with the item.
+fn wait_for_item<T>(rx: &Receiver<(Instant, T)>, matches: impl Fn(&T) -> bool) -> Option<(Instant, T)> {
     let deadline = Instant::now() + WAIT;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok((at, item)) if matches(&item) => return Some(at),
+            Ok((at, item)) if matches(&item) => return Some((at, item)),
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -680,6 +685,9 @@ fn agent_phases(
     let transitions0 = metric_sum(&agent.metrics(), "hotplug_watchdog_volume_transitions_total");
     let (mut to_watch, mut to_watch_from_call, mut to_condition, mut missed) = (vec![], vec![], vec![], 0);
     let (mut from_uevent, mut condition_from_uevent) = (vec![], vec![]);
+    // The /watch latency in two: uevent to the line's `time` (when the engine published
+    // it, the same wall clock), and from there to the client.
+    let (mut to_published, mut published_to_client) = (vec![], vec![]);
     for k in 0..o.removals {
         // Each attachment pod takes one condition write a second; removals far enough apart
         // that a pod's next one does not wait for that limit (see BENCHMARKS.md).
@@ -695,8 +703,18 @@ fn agent_phases(
         let called = Instant::now();
         loop_remove(index);
         let returned = Instant::now();
-        let announced = wait_for(&kernel, |i| *i == index);
-        let seen = wait_for(&lines, |l| l["pod_uid"] == *launcher && l["volume"] == *name && l["to"] == "vanished");
+        let announced = wait_for_item(&kernel, |(i, _)| *i == index);
+        let seen =
+            wait_for_item(&lines, |l| l["pod_uid"] == *launcher && l["volume"] == *name && l["to"] == "vanished");
+        if let (Some((announced, (_, wall))), Some((seen, line))) = (&announced, &seen) {
+            let uevent = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            if let Some(published) = line["time"].as_f64() {
+                let to_publish = (published - uevent) * 1e3;
+                to_published.push(to_publish);
+                published_to_client.push(ms(*seen, *announced) - to_publish);
+            }
+        }
+        let (announced, seen) = (announced.map(|(at, _)| at), seen.map(|(at, _)| at));
         let written = wait_for(&conditions, |(pod, status, message)| {
             *pod == attachment && status == "False" && message.contains(&device)
         });
@@ -730,6 +748,8 @@ fn agent_phases(
     figs.put3("agent: removal -> /watch (ms)", &col, summary(to_watch));
     figs.put3("agent: ioctl call -> /watch (ms)", &col, summary(to_watch_from_call));
     figs.put3("agent: kernel remove uevent -> /watch (ms)", &col, summary(from_uevent));
+    figs.put3("agent: kernel remove uevent -> /watch line published (ms)", &col, summary(to_published));
+    figs.put3("agent: /watch line published -> client (ms)", &col, summary(published_to_client));
     figs.put3("agent: removal -> pod condition in API (ms)", &col, summary(to_condition));
     figs.put3("agent: kernel remove uevent -> pod condition in API (ms)", &col, summary(condition_from_uevent));
     figs.put("agent: removals not seen within 15 s", &col, missed as f64);

@@ -47,7 +47,7 @@ impl OtherAddress {
         s.read_to_end(&mut raw).unwrap();
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (head.split_whitespace().nth(1).unwrap_or("0").parse().unwrap(), body.to_string())
+        (head.split_whitespace().nth(1).unwrap_or("0").parse().unwrap(), http_body(head, body))
     }
 }
 

@@ -544,7 +544,29 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some((status, http_body(head, body)))
+}
+
+/// A response's body as the client reads it: `/metrics` is streamed, so an HTTP/1.1 reply
+/// comes in chunked transfer encoding (`<hex size>\r\n<data>\r\n`..., ending with size 0).
+pub fn http_body(head: &str, body: &str) -> String {
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return body.to_string();
+    }
+    let (mut out, mut rest) = (String::new(), body);
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
+    out
 }
 
 /// A `/watch` reader. HTTP/1.0, so the body is plain lines until the agent closes it.
