@@ -29,12 +29,14 @@ pub fn list_block_devices(sysfs: &Path) -> io::Result<BTreeSet<DevNum>> {
 /// never waits for a uevent that may come later (udevd re-broadcasts after its rules).
 pub fn observe_devices(sysfs: &Path, seq: Seq, devices: impl IntoIterator<Item = DevNum>) -> Vec<Observation> {
     let dir = sysfs.join("dev/block");
+    // Opened once for all the devices, as `identities` does.
+    let dev_block = open_dev_block(sysfs).ok();
     let devices: BTreeSet<DevNum> = devices.into_iter().filter(|d| !d.is_anonymous()).collect();
     devices
         .into_iter()
         .map(|device| {
             let present = dir.join(device.to_string()).exists();
-            let identity = if present { identity(sysfs, device) } else { None };
+            let identity = if present { identity_in(sysfs, dev_block.as_ref(), device) } else { None };
             Observation::Device { seq, device, present, identity }
         })
         .collect()
