@@ -370,14 +370,15 @@ impl Engine {
     fn record(&mut self, changes: &Transitions, latency: f64, initial: bool) {
         for t in &changes.volumes {
             let (k, from, to) = (&t.key, t.from.map(VolumeState::as_str), t.to.map(VolumeState::as_str));
+            // The `/watch` line before the log line: a client waits on it, the log does not.
+            let labels = self.labels(k);
+            self.feed.publish(t, &labels);
             let device = t.device.map(|d| d.to_string());
             if initial {
                 tracing::debug!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
             } else {
                 tracing::info!(pod_uid = %k.launcher, volume = %k.volume, ?device, ?from, ?to, "hotplug volume state");
             }
-            let labels = self.labels(k);
-            self.feed.publish(t, &labels);
             let Some(state) = t.to else {
                 self.pending_since.remove(k);
                 self.gone.insert(k.clone(), (Instant::now(), labels));

@@ -142,13 +142,13 @@ fn verdicts_for(pods: &[&str]) -> Verdicts {
 /// What the watches would show: these attachment pods, confirmed, without conditions.
 fn observed_pods(pods: &[&str]) -> Observed {
     let mut view = ClusterView::default();
-    let mut watched = BTreeMap::new();
+    let mut watched = imbl::OrdMap::new();
     for p in pods {
         view.attachment_pods.insert(PodUid::from(*p), p.to_string());
         let meta = PodMeta { uid: PodUid::from(*p), name: p.to_string(), namespace: NS.into(), ..Default::default() };
         watched.insert(PodUid::from(*p), Arc::new(WatchedPod { meta, conditions: vec![] }));
     }
-    Observed { view: Arc::new(view), pods: watched, vmis: BTreeMap::new() }
+    Observed { view: Arc::new(view), pods: watched, vmis: imbl::OrdMap::new() }
 }
 
 struct Writers {
@@ -327,8 +327,8 @@ fn vanished_disk1() -> (Verdicts, Observed, Value) {
     };
     let observed = Observed {
         view: Arc::new(view),
-        pods: BTreeMap::new(),
-        vmis: BTreeMap::from([("V1".into(), Arc::new(watched))]),
+        pods: imbl::OrdMap::new(),
+        vmis: imbl::OrdMap::unit("V1".into(), Arc::new(watched)),
     };
     (judge(&inv), observed, vmi)
 }

@@ -61,31 +61,42 @@ impl EventSender {
 
 pub async fn run(client: Client, node: String, mut rx: Receiver<VmiEvent>, sent: Family<EventLabels, Counter>) {
     let recorder = Recorder::new(client, Reporter { controller: "hotplug-watchdog".into(), instance: Some(node) });
-    while let Some(ev) = rx.recv().await {
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("kubevirt.io/v1".into()),
-            kind: Some("VirtualMachineInstance".into()),
-            namespace: Some(ev.vmi.namespace.clone()),
-            name: Some(ev.vmi.name.clone()),
-            uid: Some(ev.vmi.uid.clone()),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: if ev.warning { EventType::Warning } else { EventType::Normal },
-            reason: ev.reason.into(),
-            note: Some(truncate(&ev.note, 1000)),
-            action: "Observe".into(),
-            secondary: None,
-        };
-        let result = match recorder.publish(&event, &reference).await {
-            Ok(()) => EventResult::Sent,
-            Err(e) => {
-                tracing::warn!(vmi = %ev.vmi.name, namespace = %ev.vmi.namespace, reason = ev.reason, error = %e, "cannot record Event");
-                EventResult::Failed
-            }
-        };
-        sent.get_or_create(&EventLabels::new(ev.reason, result)).inc();
+    while let Some(first) = rx.recv().await {
+        // The same short wait as the status writes (see NEWS_WINDOW): the node's readers
+        // first; what comes meanwhile goes out with it.
+        tokio::time::sleep(super::status::NEWS_WINDOW).await;
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            publish(&recorder, ev, &sent).await;
+            next = rx.try_recv().ok();
+        }
     }
+}
+
+async fn publish(recorder: &Recorder, ev: VmiEvent, sent: &Family<EventLabels, Counter>) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("kubevirt.io/v1".into()),
+        kind: Some("VirtualMachineInstance".into()),
+        namespace: Some(ev.vmi.namespace.clone()),
+        name: Some(ev.vmi.name.clone()),
+        uid: Some(ev.vmi.uid.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: if ev.warning { EventType::Warning } else { EventType::Normal },
+        reason: ev.reason.into(),
+        note: Some(truncate(&ev.note, 1000)),
+        action: "Observe".into(),
+        secondary: None,
+    };
+    let result = match recorder.publish(&event, &reference).await {
+        Ok(()) => EventResult::Sent,
+        Err(e) => {
+            tracing::warn!(vmi = %ev.vmi.name, namespace = %ev.vmi.namespace, reason = ev.reason, error = %e, "cannot record Event");
+            EventResult::Failed
+        }
+    };
+    sent.get_or_create(&EventLabels::new(ev.reason, result)).inc();
 }
 
 /// Events carry at most 1 kB of note.

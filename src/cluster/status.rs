@@ -5,7 +5,7 @@
 //! watches or the engine. Discipline, per object:
 //! a write only where its status differs from what it should say (so none in a steady
 //! state, and stale ones are corrected at start); changes of cluster objects within a short
-//! window make one write, the node's news is written at once; at most one write per object
+//! window make one write, the node's news after a few milliseconds ([`NEWS_WINDOW`]); at most one write per object
 //! per second, and one at a time; a failed write is retried with a jittered, growing delay;
 //! a write is not repeated before the watch has had time to show it.
 
@@ -38,6 +38,11 @@ use crate::verdict::Verdicts;
 
 /// Changes of cluster objects within this window make one write.
 pub const COALESCE: Duration = Duration::from_millis(200);
+/// New verdicts are written after this short wait: the uevents of one change arrive within
+/// it (a device and its partitions, a swap's remove and add) and make one write, and the
+/// node's own readers (`/watch`, `/metrics`) are served before the API round trips start
+/// competing with them for the CPU.
+pub const NEWS_WINDOW: Duration = Duration::from_millis(5);
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// How long a write may take to come back through the watch before it is checked again.
@@ -225,15 +230,19 @@ impl ConditionWriter {
     }
 
     /// Marks dirty every pod whose watched object changed since the last look (our own
-    /// writes coming back among them): pointers are compared, not objects.
+    /// writes coming back among them). The persistent maps' diff skips what they share:
+    /// the cost is that of the change, not of the node.
     fn notice_objects(&mut self, observed: &Arc<Observed>) {
+        use imbl::ordmap::DiffItem;
         if Arc::ptr_eq(&self.seen, observed) {
             return;
         }
         let Some(d) = &self.decided else { return };
-        for (uid, pod) in &observed.pods {
-            if self.seen.pods.get(uid).is_none_or(|old| !Arc::ptr_eq(old, pod)) && d.desired.contains_key(uid) {
-                self.dirty.insert(uid.clone());
+        for item in self.seen.pods.diff(&observed.pods) {
+            if let DiffItem::Add(uid, _) | DiffItem::Update { new: (uid, _), .. } = item {
+                if d.desired.contains_key(uid) {
+                    self.dirty.insert(uid.clone());
+                }
             }
         }
         self.seen = observed.clone();
@@ -503,8 +512,8 @@ pub async fn run(
         };
         let now = tokio::time::Instant::now();
         tokio::select! {
-            // New verdicts are the node's news: written at once, no coalescing window.
-            Ok(()) = snapshots.changed() => flush_at = soonest(flush_at, now),
+            // New verdicts are the node's news: written after a short window only.
+            Ok(()) = snapshots.changed() => flush_at = soonest(flush_at, now + NEWS_WINDOW),
             // Changes of cluster objects wait a moment: a burst (a swap, our own writes
             // coming back) makes one write, and the engine's verdicts catch up with the
             // new view. Verdicts already reflect the view they were judged with.
