@@ -266,6 +266,7 @@ pub fn spawn(
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("http".into()).spawn(move || {
+        crate::sched::prefer_prompt_wakeups("http");
         let served = (|| {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {

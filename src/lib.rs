@@ -14,6 +14,7 @@ pub mod model;
 pub mod mountinfo;
 pub mod notice;
 pub mod report;
+pub mod sched;
 pub mod snapshot;
 pub mod sources;
 pub mod uevent;

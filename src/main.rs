@@ -204,7 +204,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             drop(tx);
         }
         let engine_hb = health.register("engine");
-        std::thread::Builder::new().name("engine".into()).spawn(move || engine.run(rx, engine_hb))?;
+        std::thread::Builder::new().name("engine".into()).spawn(move || {
+            hotplug_watchdog::sched::prefer_prompt_wakeups("engine");
+            engine.run(rx, engine_hb)
+        })?;
 
         let listener = http::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let mode = if node_name.is_some() { "cluster" } else { "standalone" };

@@ -86,6 +86,7 @@ impl Sources {
         let stopped = self.stopped.clone();
         let (opened_tx, opened) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         let handle = std::thread::Builder::new().name(S::NAME.into()).spawn(move || {
+            crate::sched::prefer_prompt_wakeups(S::NAME);
             let mut source = match open() {
                 Ok(source) => source,
                 Err(e) => {
