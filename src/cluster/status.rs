@@ -5,9 +5,10 @@
 //! watches or the engine. Discipline, per object:
 //! a write only where its status differs from what it should say (so none in a steady
 //! state, and stale ones are corrected at start); changes of cluster objects within a short
-//! window make one write, the node's news after a few milliseconds ([`NEWS_WINDOW`]); at most one write per object
-//! per second, and one at a time; a failed write is retried with a jittered, growing delay;
-//! a write is not repeated before the watch has had time to show it.
+//! window make one write, the node's news is written a few milliseconds after it is
+//! published ([`NEWS_WINDOW`]); at most one write per object per second, and one at a
+//! time; a failed write is retried with a jittered, growing delay; a write is not repeated
+//! before the watch has had time to show it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
