@@ -42,6 +42,23 @@ pub fn prefer_prompt_wakeups(thread: &str) {
 
 fn set_slice(ns: u64) -> io::Result<()> {
     use nix::libc;
+    let mut attr = this_threads_attr()?;
+    if attr.policy != libc::SCHED_OTHER as u32 {
+        return Ok(());
+    }
+    // Read-modify-write: policy, flags and nice as they are; only the slice changes.
+    attr.runtime = ns;
+    // SAFETY: `attr` is a valid `sched_attr` of `attr.size` bytes, read only by the kernel.
+    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's scheduling attributes, `size` set to the struct's.
+fn this_threads_attr() -> io::Result<SchedAttr> {
+    use nix::libc;
     let size = std::mem::size_of::<SchedAttr>() as u32;
     let mut attr = SchedAttr::default();
     // SAFETY: `attr` is a valid, writable `sched_attr` of `size` bytes; the kernel writes at
@@ -50,33 +67,13 @@ fn set_slice(ns: u64) -> io::Result<()> {
     if got != 0 {
         return Err(io::Error::last_os_error());
     }
-    if attr.policy != libc::SCHED_OTHER as u32 {
-        return Ok(());
-    }
-    // Read-modify-write: policy, flags and nice as they are; only the slice changes.
     attr.size = size;
-    attr.runtime = ns;
-    // SAFETY: `attr` is a valid `sched_attr` of `size` bytes, read only by the kernel.
-    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if set != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(attr)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn current() -> SchedAttr {
-        use nix::libc;
-        let size = std::mem::size_of::<SchedAttr>() as u32;
-        let mut attr = SchedAttr::default();
-        // SAFETY: as in `set_slice`.
-        let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
-        assert_eq!(got, 0, "sched_getattr: {}", io::Error::last_os_error());
-        attr
-    }
 
     /// The slice is asked for and the nice value an operator set stays. On a thread of its
     /// own: the test runner's threads keep their default.
@@ -89,7 +86,7 @@ mod tests {
             let reniced = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 3) };
             assert_eq!(reniced, 0, "setpriority: {}", io::Error::last_os_error());
             set_slice(SLICE_NS).expect("sched_setattr");
-            let now = current();
+            let now = this_threads_attr().expect("sched_getattr");
             assert_eq!(now.nice, 3, "the nice value set before stays");
             // A kernel without EEVDF's custom slices (before 6.12) answers 0 here.
             if now.runtime != 0 {
