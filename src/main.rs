@@ -188,7 +188,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let keep_volume_status = volume_status.is_on();
             let watch = cluster::watch(client.clone(), node.clone(), tx, health.clone(), observed_tx, keep_volume_status);
             spawn_supervised(&health, "cluster watch", watch);
-            let writers = cluster::status::run(conditions, volume_status, snapshots.clone(), observed_rx);
+            // The lease's first write before the conditions (see lease::first_outcome); a
+            // first write may take two requests (a PATCH that finds no lease, then a POST).
+            let (lease_answered_tx, lease_answered) = tokio::sync::watch::channel(false);
+            let lease_first = cluster::lease::first_outcome(lease_answered, 2 * lease.write_timeout());
+            let writers = cluster::status::run(conditions, volume_status, snapshots.clone(), observed_rx, lease_first);
             spawn_supervised(&health, "status writers", writers);
             let events = cluster::events::run(client.clone(), node, events_rx, metrics.events_total.clone());
             spawn_supervised(&health, "events", events);
@@ -199,6 +203,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.stall_timeout,
                 metrics.status_writes_total.clone(),
                 metrics.writes_failing(WriteKind::Lease),
+                lease_answered_tx,
             );
             spawn_supervised(&health, "lease", lease);
         } else {

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use hotplug_watchdog::cluster::events::{EventSender, STATUS_WRITE_REJECTED};
+use hotplug_watchdog::cluster::lease;
 use hotplug_watchdog::cluster::objects::{PodMeta, VmiMeta, WatchedPod, WatchedVmi};
 use hotplug_watchdog::cluster::outcome::{WriteKind, WriteResult};
 use hotplug_watchdog::cluster::status::{self, ConditionWriter, VmiStatusMode, VmiStatusWriter};
@@ -162,6 +163,15 @@ struct Writers {
 
 impl Writers {
     fn start(client: kube::Client, vmi_mode: VmiStatusMode) -> Writers {
+        Self::start_after(client, vmi_mode, std::future::ready(()))
+    }
+
+    /// Started after `lease_first`, as `run` starts them after the lease's first write.
+    fn start_after(
+        client: kube::Client,
+        vmi_mode: VmiStatusMode,
+        lease_first: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Writers {
         let writes = Family::<WriteLabels, Counter>::default();
         let failing = Gauge::default();
         let health = Arc::new(Health::default());
@@ -172,7 +182,7 @@ impl Writers {
         let volume_status = VmiStatusWriter::new(client, vmi_mode, writes.clone(), Some(events_tx));
         let (verdicts, verdicts_rx) = watch::channel(Arc::default());
         let (observed, observed_rx) = watch::channel(Arc::default());
-        tokio::spawn(status::run(conditions, volume_status, verdicts_rx, observed_rx));
+        tokio::spawn(status::run(conditions, volume_status, verdicts_rx, observed_rx, lease_first));
         Writers { writes, failing, health, verdicts, observed, events }
     }
 
@@ -216,6 +226,41 @@ async fn each_pod_is_written_once_with_only_our_conditions() {
     w.news(verdicts_for(&pods));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(mock.requests().len(), 3, "no repeat before the echo");
+}
+
+/// The writers wait for the lease's first write to be answered (`lease::first_outcome`):
+/// nothing before it, everything at once after it.
+#[tokio::test]
+async fn nothing_is_written_before_the_lease_was_answered() {
+    let (mock, client) = Mock::start(Answer::Ok(pod_object("any")), &[]).await;
+    let (answered, answers) = watch::channel(false);
+    let lease_first = lease::first_outcome(answers, Duration::from_secs(3600));
+    let w = Writers::start_after(client, VmiStatusMode::Off, lease_first);
+    let pods = ["hp-a", "hp-b"];
+    w.show(verdicts_for(&pods), observed_pods(&pods));
+    // Without the wait, both writes go out 5 ms after the news.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mock.requests().is_empty(), "written before the lease: {:?}", mock.requests());
+    answered.send_replace(true);
+    until("both writes", || w.count(WriteKind::PodConditions, WriteResult::Ok) == 2).await;
+}
+
+/// A lease whose first write never gets an answer holds the conditions back only so long,
+/// and a lease task that ended holds nothing back (its supervisor fails /healthz).
+#[tokio::test]
+async fn a_lease_that_is_not_answered_holds_the_conditions_back_only_so_long() {
+    let (mock, client) = Mock::start(Answer::Ok(pod_object("any")), &[]).await;
+    let (_answered, answers) = watch::channel(false);
+    let w = Writers::start_after(client, VmiStatusMode::Off, lease::first_outcome(answers, Duration::from_millis(300)));
+    w.show(verdicts_for(&["hp-a"]), observed_pods(&["hp-a"]));
+    until("the write after the wait", || mock.requests().len() == 1).await;
+
+    let (mock, client) = Mock::start(Answer::Ok(pod_object("any")), &[]).await;
+    let (answered, answers) = watch::channel(false);
+    drop(answered);
+    let w = Writers::start_after(client, VmiStatusMode::Off, lease::first_outcome(answers, Duration::from_secs(3600)));
+    w.show(verdicts_for(&["hp-a"]), observed_pods(&["hp-a"]));
+    until("the write, the lease task gone", || mock.requests().len() == 1).await;
 }
 
 #[tokio::test]

@@ -35,6 +35,7 @@ use kube::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
 
 use super::outcome::{error_text, WriteKind, WriteResult};
 use super::write_health::WriteHealth;
@@ -128,7 +129,7 @@ impl LeaseConfig {
         self.duration.as_secs() as i32
     }
 
-    fn write_timeout(&self) -> Duration {
+    pub fn write_timeout(&self) -> Duration {
         self.renew_interval.min(WRITE_TIMEOUT)
     }
 }
@@ -326,6 +327,7 @@ pub async fn run(
     stall_after: Duration,
     writes: Family<WriteLabels, Counter>,
     failing: Gauge,
+    first_outcome: watch::Sender<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut failures = WriteHealth::new(WriteKind::Lease, health.clone(), failing);
@@ -389,7 +391,9 @@ pub async fn run(
             }
             failures.succeeded(&config.name);
             ever_written = true;
+            first_outcome.send_replace(true);
         } else if renewer.is_failure(answer) {
+            first_outcome.send_replace(true);
             let error = error_text(&result, config.write_timeout());
             if !failures.is_failing() {
                 tracing::warn!(lease = %config.name, write = what, result = label.label(), %error, "cannot write this node's lease; retrying; not ready meanwhile");
@@ -404,6 +408,16 @@ pub async fn run(
         let delay = renewer.answered(answer);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Waits until the lease's first write was answered (written, or failing: `true` from
+/// [`run`]'s `first_outcome`), at most `at_most`. The status writers start after it: a
+/// consumer trusts the conditions only under a fresh lease, so writing them first gains
+/// nothing, and `/readyz` waits for that first write, which otherwise shares the API server
+/// and this runtime with the first burst of condition writes (one per attachment pod).
+pub async fn first_outcome(mut answered: watch::Receiver<bool>, at_most: Duration) {
+    // Err: the lease task ended; its supervisor says so. Nothing to wait for then.
+    let _ = tokio::time::timeout(at_most, answered.wait_for(|a| *a)).await;
 }
 
 #[cfg(test)]

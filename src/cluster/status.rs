@@ -499,7 +499,10 @@ pub async fn run(
     mut volume_status: VmiStatusWriter,
     mut snapshots: Snapshots,
     mut observed: watch::Receiver<Arc<Observed>>,
+    lease_first: impl std::future::Future<Output = ()>,
 ) {
+    // Nothing is written before the lease's first write was answered (`lease::first_outcome`).
+    lease_first.await;
     let mut in_flight: JoinSet<Done> = JoinSet::new();
     // When to bring the objects in line next; armed by any change.
     let mut flush_at: Option<tokio::time::Instant> = None;
