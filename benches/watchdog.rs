@@ -370,9 +370,12 @@ impl AgentProcess {
 
     fn stop(mut self) {
         // HOTPLUG_WATCHDOG_BENCH_LOGS=DIR keeps each agent's log there (`agent-<pid>.log`),
-        // to see where its time went.
+        // to see where its time went, and its memory map (`agent-<pid>.smaps`).
         if let Some(dir) = std::env::var_os("HOTPLUG_WATCHDOG_BENCH_LOGS") {
             let _ = fs::copy(self._log.path(), Path::new(&dir).join(format!("agent-{}.log", self.pid())));
+            if let Ok(smaps) = fs::read(format!("/proc/{}/smaps", self.pid())) {
+                let _ = fs::write(Path::new(&dir).join(format!("agent-{}.smaps", self.pid())), smaps);
+            }
         }
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGTERM);

@@ -214,11 +214,12 @@ impl Engine {
                         "mount table lines that do not parse were skipped"
                     );
                 }
+                let took = read.took;
                 self.replace_skipped(None, read.skipped);
                 self.inventory.apply(Observation::FullScan(read.scan));
                 self.check_mount_view();
                 if !self.health.is_ready() {
-                    tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), "first full scan done; ready");
+                    tracing::info!(reason = reason.metric_label(), took = ?started.elapsed(), pods = ?took.pods, devices = ?took.devices, mounts = ?took.mounts, "first full scan done; ready");
                 }
                 self.scan_failure_logged = false;
                 true

@@ -18,7 +18,7 @@ pub use channel::{Receiver, Sender};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::device::DevNum;
 use crate::inventory::{FullScan, Observation, Seq};
@@ -140,6 +140,15 @@ pub struct NodeRead {
     pub skipped: Vec<Skipped>,
     /// Lines of mountinfo that did not parse.
     pub malformed_mount_lines: usize,
+    /// How long each part took: the start-up log says where the time went.
+    pub took: ReadTook,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadTook {
+    pub pods: Duration,
+    pub devices: Duration,
+    pub mounts: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,29 +168,33 @@ pub enum ReadError {
 pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
     let sysfs = &paths.sysfs;
     let read_devices = || {
+        let started = Instant::now();
         let devices =
             sysfs::list_block_devices(sysfs).map_err(|source| ReadError::Sysfs { path: sysfs.clone(), source })?;
         let identities = sysfs::identities(sysfs, devices.iter().copied());
-        Ok::<_, ReadError>((devices, identities))
+        Ok::<_, ReadError>((devices, identities, started.elapsed()))
     };
     let (pods, devices) = std::thread::scope(|s| {
         // Without a thread (none to be had), one after the other.
         let devices = std::thread::Builder::new().name("scan-devices".into()).spawn_scoped(s, read_devices);
-        let pods = read_pods(&paths.layout());
+        let started = Instant::now();
+        let pods = read_pods(&paths.layout()).map(|pods| (pods, started.elapsed()));
         let devices = match devices {
             Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             Err(_) => read_devices(),
         };
         (pods, devices)
     });
-    let (pods, unreadable, skipped) = pods?;
-    let (devices, identities) = devices?;
+    let ((pods, unreadable, skipped), pods_took) = pods?;
+    let (devices, identities, devices_took) = devices?;
+    let started = Instant::now();
     let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
         .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
     Ok(NodeRead {
         scan: FullScan { seq, pods, unreadable, devices, identities, mounts },
         skipped,
         malformed_mount_lines,
+        took: ReadTook { pods: pods_took, devices: devices_took, mounts: started.elapsed() },
     })
 }
 
