@@ -327,7 +327,7 @@ pub async fn run(
     stall_after: Duration,
     writes: Family<WriteLabels, Counter>,
     failing: Gauge,
-    first_outcome: watch::Sender<bool>,
+    answered: watch::Sender<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut failures = WriteHealth::new(WriteKind::Lease, health.clone(), failing);
@@ -391,9 +391,9 @@ pub async fn run(
             }
             failures.succeeded(&config.name);
             ever_written = true;
-            first_outcome.send_replace(true);
+            answered.send_replace(true);
         } else if renewer.is_failure(answer) {
-            first_outcome.send_replace(true);
+            answered.send_replace(true);
             let error = error_text(&result, config.write_timeout());
             if !failures.is_failing() {
                 tracing::warn!(lease = %config.name, write = what, result = label.label(), %error, "cannot write this node's lease; retrying; not ready meanwhile");
@@ -410,11 +410,12 @@ pub async fn run(
     }
 }
 
-/// Waits until the lease's first write was answered (written, or failing: `true` from
-/// [`run`]'s `first_outcome`), at most `at_most`. The status writers start after it: a
-/// consumer trusts the conditions only under a fresh lease, so writing them first gains
-/// nothing, and `/readyz` waits for that first write, which otherwise shares the API server
-/// and this runtime with the first burst of condition writes (one per attachment pod).
+/// Waits until the lease's first write was answered, at most `at_most`: written or failing
+/// ([`run`] sets `answered`; a 404 that a create follows is no answer yet). The status
+/// writers start after it: a consumer trusts the conditions only under a fresh lease, so
+/// writing them first gains nothing, and `/readyz` waits for that first write, which
+/// otherwise shares the API server and this runtime with the first burst of condition
+/// writes (one per attachment pod).
 pub async fn first_outcome(mut answered: watch::Receiver<bool>, at_most: Duration) {
     // Err: the lease task ended; its supervisor says so. Nothing to wait for then.
     let _ = tokio::time::timeout(at_most, answered.wait_for(|a| *a)).await;

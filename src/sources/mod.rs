@@ -144,6 +144,8 @@ pub struct NodeRead {
     pub took: ReadTook,
 }
 
+/// The wall-clock time of each part of a [`NodeRead`]; the pods and the devices are read at
+/// the same time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReadTook {
     pub pods: Duration,
