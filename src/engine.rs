@@ -19,7 +19,7 @@ use crate::notice::{notices, Notice};
 use crate::snapshot::Snapshot;
 use crate::sources::channel::{Batch, Receiver};
 use crate::sources::health::{Health, Heartbeat};
-use crate::sources::{read_node, Message, NodePaths, RescanReason, SeqClock, SourceKind};
+use crate::sources::{read_node, Message, NodePaths, NodeRead, ReadError, RescanReason, SeqClock, SourceKind};
 use crate::verdict::{rejudge, Transitions, VolumeKey, VolumeState};
 
 /// Takes a notice about a VMI the API knows; must not block (the cluster side queues it).
@@ -122,6 +122,8 @@ impl Engine {
             };
             hb.busy();
             let mut rescan: Option<RescanReason> = None;
+            // Whether this batch read the whole node, and could.
+            let mut scanned: Option<bool> = None;
             let mut earliest = Instant::now();
             for msg in batch {
                 match msg {
@@ -143,6 +145,9 @@ impl Engine {
                     Message::Rescan(reason) => {
                         rescan = Some(rescan.map_or(reason, |r| r.min(reason)));
                     }
+                    Message::Scanned { reason, read, started } => {
+                        scanned = Some(self.apply_read(reason, started, *read));
+                    }
                     Message::Cluster(view) => self.apply_cluster(*view),
                     Message::IoError { device, received } => {
                         earliest = earliest.min(received);
@@ -153,7 +158,9 @@ impl Engine {
                     }
                 }
             }
-            let scanned = rescan.map(|reason| self.rescan(reason));
+            if let Some(reason) = rescan {
+                scanned = Some(self.rescan(reason));
+            }
             if scanned.is_some() {
                 next_rescan = Instant::now() + self.rescan_interval;
             }
@@ -202,10 +209,17 @@ impl Engine {
 
     /// Reads the whole node; `false` when it could not.
     fn rescan(&mut self, reason: RescanReason) -> bool {
-        self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();
         let started = Instant::now();
         let seq = self.clock.next();
-        match read_node(&self.paths, seq) {
+        let read = read_node(&self.paths, seq);
+        self.apply_read(reason, started, read)
+    }
+
+    /// Applies a read of the whole node, the engine's own or a source's (begun at
+    /// `started`); `false` when it could not read.
+    fn apply_read(&mut self, reason: RescanReason, started: Instant, read: Result<NodeRead, ReadError>) -> bool {
+        self.metrics.rescans_total.get_or_create(&ReasonLabel { reason: reason.metric_label() }).inc();
+        match read {
             Ok(read) => {
                 self.metrics.scan_duration.observe(started.elapsed().as_secs_f64());
                 if read.malformed_mount_lines > 0 {

@@ -53,6 +53,22 @@ pub struct PodScan {
     pub unreadable: Option<Unreadable>,
 }
 
+/// Told before a reader looks into a pod's directories. The inotify walk watches each
+/// directory there: a watch placed before a directory is read reports any change after
+/// the read, so the read plus its events never miss one.
+pub trait BeforeReading {
+    /// Before the pod's directories down to hotplug-disks are opened.
+    fn pod(&mut self, uid: &str);
+    /// Before the volume directory `path`, in the pod's hotplug-disks, is opened.
+    fn volume_dir(&mut self, uid: &str, path: &Path);
+}
+
+/// A read that nobody is told about.
+impl BeforeReading for () {
+    fn pod(&mut self, _: &str) {}
+    fn volume_dir(&mut self, _: &str, _: &Path) {}
+}
+
 /// The most entries read from one hotplug-disks or volume directory. A tenant controls
 /// what its pods' emptyDirs hold; memory, series and watches must not follow. KubeVirt
 /// gives a VM far fewer hotplug volumes than this (each is a disk on the VM's controller).
@@ -190,27 +206,34 @@ impl KubeletLayout {
 
     /// Reads one pod's hotplug-disks directory.
     pub fn scan_pod(&self, uid: &str) -> PodScan {
-        self.scan_pods(std::slice::from_ref(&PodUid::from(uid))).pop().expect("one pod read")
+        self.scan_pod_with(uid, &mut ())
+    }
+
+    /// Reads one pod's hotplug-disks directory, telling `before` first.
+    pub fn scan_pod_with(&self, uid: &str, before: &mut dyn BeforeReading) -> PodScan {
+        self.scan_pods_with(std::slice::from_ref(&PodUid::from(uid)), before).pop().expect("one pod read")
     }
 
     /// Reads each pod's hotplug-disks directory, opening the root once.
     pub fn scan_pods(&self, uids: &[PodUid]) -> Vec<PodScan> {
-        let root = open_root(&self.root);
-        uids.iter()
-            .map(|uid| match &root {
-                Ok(root) => self.scan_pod_in(root, uid),
-                Err(errno) => PodScan {
-                    uid: uid.clone(),
-                    disks: None,
-                    skipped: vec![Skipped { path: self.pod_dir(uid), reason: SkipReason::Unreadable(*errno) }],
-                    unreadable: Some(Unreadable::Error(*errno)),
-                },
-            })
-            .collect()
+        self.scan_pods_with(uids, &mut ())
     }
 
-    fn scan_pod_in(&self, root: &OwnedFd, uid: &str) -> PodScan {
+    /// [`Self::scan_pods`], telling `before` about each directory before it is opened.
+    pub fn scan_pods_with(&self, uids: &[PodUid], before: &mut dyn BeforeReading) -> Vec<PodScan> {
+        let reader = self.pod_reader();
+        uids.iter().map(|uid| reader.read(uid, before)).collect()
+    }
+
+    /// Reads pods one at a time with the root opened once; shared by the threads of a
+    /// full read.
+    pub fn pod_reader(&self) -> PodReader<'_> {
+        PodReader { layout: self, root: open_root(&self.root) }
+    }
+
+    fn scan_pod_in(&self, root: &OwnedFd, uid: &str, before: &mut dyn BeforeReading) -> PodScan {
         let mut scan = PodScan { uid: uid.into(), disks: None, skipped: Vec::new(), unreadable: None };
+        before.pod(uid);
         let fd = match open_hotplug_dir(root, &self.root, uid) {
             Ok(fd) => fd,
             // Only the kubelet (root) makes these directories: anything but absence here
@@ -223,7 +246,7 @@ impl KubeletLayout {
             Err(None) => return scan,
         };
         let path = self.hotplug_dir(uid);
-        let mut reader = HotplugDirReader::new(&path);
+        let mut reader = HotplugDirReader::new(&path, uid, before);
         let mut entries = 0;
         let listed = for_each_entry(fd, |dir, name, kind| {
             entries += 1;
@@ -281,9 +304,32 @@ impl KubeletLayout {
     }
 }
 
+/// Reads pod directories under a root opened once ([`KubeletLayout::pod_reader`]).
+pub struct PodReader<'a> {
+    layout: &'a KubeletLayout,
+    root: Result<OwnedFd, Errno>,
+}
+
+impl PodReader<'_> {
+    /// Reads one pod's hotplug-disks directory, telling `before` first.
+    pub fn read(&self, uid: &PodUid, before: &mut dyn BeforeReading) -> PodScan {
+        match &self.root {
+            Ok(root) => self.layout.scan_pod_in(root, uid, before),
+            Err(errno) => PodScan {
+                uid: uid.clone(),
+                disks: None,
+                skipped: vec![Skipped { path: self.layout.pod_dir(uid), reason: SkipReason::Unreadable(*errno) }],
+                unreadable: Some(Unreadable::Error(*errno)),
+            },
+        }
+    }
+}
+
 /// Collects the entries of one hotplug-disks directory.
 struct HotplugDirReader<'a> {
     dir_path: &'a Path,
+    uid: &'a str,
+    before: &'a mut dyn BeforeReading,
     has_socket: bool,
     launcher: BTreeMap<String, LauncherEntry>,
     attachment: BTreeMap<String, DevNum>,
@@ -293,9 +339,11 @@ struct HotplugDirReader<'a> {
 }
 
 impl<'a> HotplugDirReader<'a> {
-    fn new(dir_path: &'a Path) -> Self {
+    fn new(dir_path: &'a Path, uid: &'a str, before: &'a mut dyn BeforeReading) -> Self {
         HotplugDirReader {
             dir_path,
+            uid,
+            before,
             has_socket: false,
             launcher: BTreeMap::new(),
             attachment: BTreeMap::new(),
@@ -354,6 +402,7 @@ impl<'a> HotplugDirReader<'a> {
     /// `<volume>/`: in an attachment pod it holds `<pvcUID>`, a block node; in a launcher
     /// it is a utility volume whose contents are not ours to judge.
     fn volume_dir(&mut self, dir: &OwnedFd, name: &CStr, volume: &str, path: PathBuf) {
+        self.before.volume_dir(self.uid, &path);
         let sub = match open_dir(dir, Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()))) {
             Ok(fd) => fd,
             Err(errno) => {
@@ -527,6 +576,45 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::symlink;
+
+    /// Records what a read asks before each directory, and changes the tree there: what
+    /// it adds is in the read only if it was asked before the directory was read.
+    struct Meddler {
+        layout: KubeletLayout,
+        asked: Vec<String>,
+    }
+
+    impl BeforeReading for Meddler {
+        fn pod(&mut self, uid: &str) {
+            self.asked.push(format!("pod {uid}"));
+            fs::create_dir_all(self.layout.hotplug_dir(uid)).unwrap();
+            fs::write(self.layout.hotplug_dir(uid).join("late.img"), b"").unwrap();
+        }
+
+        fn volume_dir(&mut self, uid: &str, path: &Path) {
+            let name = path.strip_prefix(self.layout.hotplug_dir(uid)).unwrap();
+            self.asked.push(format!("volume dir {uid} {}", name.display()));
+        }
+    }
+
+    #[test]
+    fn a_reader_is_told_before_each_directory_it_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = KubeletLayout::new(tmp.path().join("pods"));
+        fs::create_dir_all(layout.hotplug_dir("a").join("util")).unwrap();
+        fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+        symlink(tmp.path().join("elsewhere"), layout.hotplug_dir("a").join("link")).unwrap();
+        fs::create_dir_all(layout.pod_dir("b")).unwrap();
+        let mut meddler = Meddler { layout: layout.clone(), asked: Vec::new() };
+        let scans = layout.scan_pods_with(&["a".into(), "b".into()], &mut meddler);
+        // Pod b had no hotplug-disks when the read began: told first, the read saw what
+        // was made then. A symlink is no volume directory: not asked about, not followed.
+        assert_eq!(meddler.asked, ["pod a", "volume dir a util", "pod b"]);
+        for scan in &scans {
+            let Some(PodDisks::Launcher(entries)) = &scan.disks else { panic!("{scan:?}") };
+            assert_eq!(entries.get("late"), Some(&LauncherEntry::Image), "{scan:?}");
+        }
+    }
 
     /// The one-call open of a pod's hotplug-disks gives way to the walk whenever something
     /// is in the way, and the walk names it: a symlink or a file where a directory should

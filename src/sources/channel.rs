@@ -10,11 +10,16 @@
 //!   would: an older read of the same fact is redundant;
 //! - rescan requests merge into one, with the reason the engine would keep (the least,
 //!   [`RescanReason`] is `Ord`);
+//! - a full read a source made (`Scanned`) replaces the one queued, and the reads queued
+//!   before it that it supersedes (every fact of them read before it began) are dropped:
+//!   the inventory would keep none of them, and the engine would log their skipped
+//!   entries over the newer ones;
 //! - a new cluster view replaces the queued one; I/O errors are summed per device and lost
 //!   kernel log records are summed.
 //!
 //! **The bound**: at most `capacity` slots, one per subject read and one per device with
-//! I/O errors, plus one rescan request, one cluster view and one count of lost records. A
+//! I/O errors, plus one rescan request, one full read, one cluster view and one count of
+//! lost records. A
 //! read of a new subject that finds every slot taken is dropped and a full rescan
 //! (`RescanReason::QueueOverflow`) is requested in its place: whatever a read says, a
 //! rescan reads again. I/O errors on a new device are dropped then too, and said in the
@@ -28,7 +33,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Message, RescanReason, SourceKind};
+use super::{Message, NodeRead, ReadError, RescanReason, SourceKind};
 use crate::device::DevNum;
 use crate::inventory::{Observation, Seq};
 use crate::layout::{PodUid, Skipped};
@@ -106,7 +111,15 @@ struct Queued {
     io_errors: Vec<(DevNum, u64, Instant)>,
     kmsg_lost: u64,
     rescan: Option<RescanReason>,
+    scanned: Option<Scanned>,
     cluster: Option<Box<crate::model::ClusterView>>,
+}
+
+#[derive(Debug)]
+struct Scanned {
+    reason: RescanReason,
+    read: Box<Result<NodeRead, ReadError>>,
+    started: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -211,6 +224,7 @@ impl Queued {
             && self.io_errors.is_empty()
             && self.kmsg_lost == 0
             && self.rescan.is_none()
+            && self.scanned.is_none()
             && self.cluster.is_none()
     }
 
@@ -227,7 +241,7 @@ impl Queued {
         match msg {
             Message::Observed { obs, source, received, skipped } => {
                 let read = Observed { obs, source, received, skipped };
-                let subject = (read.source, read.obs.iter().filter_map(fact_of).map(|(fact, _)| fact).min());
+                let subject = read.subject();
                 match self.by_subject.get(&subject) {
                     Some(&i) => self.observed[i].merge(read),
                     None if full => return Err(Dropped::Read),
@@ -238,6 +252,15 @@ impl Queued {
                 }
             }
             Message::Rescan(reason) => self.request_rescan(reason),
+            Message::Scanned { reason, read, started } => {
+                // One source makes full reads, one after the other: the newer one stands,
+                // counted with the reason the engine would keep.
+                let reason = self.scanned.take().map_or(reason, |older| older.reason.min(reason));
+                if let Ok(read) = &*read {
+                    self.drop_superseded(read.scan.seq);
+                }
+                self.scanned = Some(Scanned { reason, read, started });
+            }
             Message::IoError { device, received } => match self.io_errors.iter_mut().find(|(d, ..)| *d == device) {
                 Some((_, count, _)) => *count += 1,
                 None if full => return Err(Dropped::IoError(device)),
@@ -249,9 +272,26 @@ impl Queued {
         Ok(())
     }
 
+    /// Drops the queued reads of which every fact was read before a full read that took
+    /// `seq` began. (A message that observed nothing stays: it only counts an event.)
+    fn drop_superseded(&mut self, seq: Seq) {
+        let before = self.observed.len();
+        let newer = |obs: &Observation| fact_of(obs).is_none_or(|(_, read)| read > seq);
+        self.observed.retain(|o| o.obs.is_empty() || o.obs.iter().any(newer));
+        if self.observed.len() != before {
+            self.by_subject = self.observed.iter().enumerate().map(|(i, o)| (o.subject(), i)).collect();
+        }
+    }
+
     fn into_batch(self) -> Batch {
-        let mut messages = Vec::with_capacity(self.observed.len() + 3);
+        let mut messages = Vec::with_capacity(self.observed.len() + 4);
         messages.extend(self.cluster.map(Message::Cluster));
+        // Before the reads: those queued with it are newer (older ones were dropped).
+        messages.extend(self.scanned.map(|Scanned { reason, read, started }| Message::Scanned {
+            reason,
+            read,
+            started,
+        }));
         messages.extend(self.observed.into_iter().map(|o| Message::Observed {
             obs: o.obs,
             source: o.source,
@@ -278,6 +318,10 @@ fn fact_of(obs: &Observation) -> Option<(Fact, Seq)> {
 }
 
 impl Observed {
+    fn subject(&self) -> Subject {
+        (self.source, self.obs.iter().filter_map(fact_of).map(|(fact, _)| fact).min())
+    }
+
     /// Merges a newer read of the same subject into this one: the newest read of every
     /// fact stays, as in the inventory.
     fn merge(&mut self, newer: Observed) {
@@ -467,6 +511,57 @@ mod tests {
                 unreadable: Some(Unreadable::Error(nix::errno::Errno::EACCES))
             }]
         );
+    }
+
+    /// A full read made by a source, as the inotify walk sends it.
+    fn full_read(seq: Seq, reason: RescanReason) -> Message {
+        let read = crate::sources::NodeRead {
+            scan: crate::inventory::FullScan { seq, ..Default::default() },
+            skipped: Vec::new(),
+            malformed_mount_lines: 0,
+            took: Default::default(),
+        };
+        Message::Scanned { reason, read: Box::new(Ok(read)), started: Instant::now() }
+    }
+
+    #[test]
+    fn a_full_read_drops_the_reads_it_supersedes_and_comes_before_newer_ones() {
+        let (tx, rx) = channel(8);
+        tx.send(pod_read(1, "old", &[(D1, true)])).unwrap();
+        // Read partly after the full read began: it stays.
+        tx.send(pod_read(5, "read-later", &[(D2, true)])).unwrap();
+        tx.send(uevent(2, D2, false)).unwrap();
+        tx.send(full_read(3, RescanReason::InotifyOverflow)).unwrap();
+        tx.send(pod_read(4, "new", &[])).unwrap();
+        let batch = take(&rx);
+        assert!(
+            matches!(&batch[0], Message::Scanned { reason: RescanReason::InotifyOverflow, read, .. }
+                if read.as_ref().as_ref().is_ok_and(|r| r.scan.seq == 3)),
+            "the full read first: {batch:?}"
+        );
+        let pods: Vec<String> = observations(&batch)
+            .into_iter()
+            .filter_map(|o| match o {
+                Observation::Pod { uid, .. } => Some(uid.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pods, ["new", "read-later"], "the reads begun before seq 3 are gone, the others stay");
+        assert!(
+            !observations(&batch).iter().any(|o| matches!(o, Observation::Device { seq: 2, .. })),
+            "the older uevent too"
+        );
+    }
+
+    #[test]
+    fn full_reads_queued_together_keep_the_newer_with_the_reason_the_engine_counts() {
+        let (tx, rx) = channel(8);
+        tx.send(full_read(1, RescanReason::InotifyOverflow)).unwrap();
+        tx.send(full_read(2, RescanReason::WatchesReady)).unwrap();
+        let batch = take(&rx);
+        assert_eq!(batch.len(), 1);
+        assert!(matches!(&batch[0], Message::Scanned { reason: RescanReason::WatchesReady, read, .. }
+            if read.as_ref().as_ref().is_ok_and(|r| r.scan.seq == 2)));
     }
 
     #[test]

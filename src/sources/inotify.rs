@@ -3,8 +3,11 @@
 //! they come and go. A watch is always added *before* its directory is read, so nothing
 //! created in between is missed (the order KubeVirt's device manager uses too).
 //!
-//! An event only marks its pod dirty; after each batch every dirty pod is read whole and
-//! sent as one observation. A queue overflow re-walks the tree and asks for a rescan.
+//! The tree is walked once: each pod is read right after its watches are placed (the
+//! reader asks for each through [`BeforeReading`]). At start, and after a queue overflow,
+//! the walk reads every pod, with the devices and the mount table, as the engine's full
+//! rescan would, and sends that read. An event only marks its pod dirty; after each batch
+//! every dirty pod is read whole (its watches renewed) and sent as one observation.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -17,9 +20,9 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use nix::poll::PollFlags;
 
 use super::runner::{Source, Stop, Wait};
-use super::{sysfs, Message, NodePaths, RescanReason, Sender, SeqClock, SourceKind};
+use super::{read_node_with, sysfs, Message, NodePaths, RescanReason, Sender, SeqClock, SourceKind};
 use crate::inventory::Observation;
-use crate::layout::{KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH, MAX_ENTRIES};
+use crate::layout::{BeforeReading, KubeletLayout, PodDisks, PodUid, HOTPLUG_SUBPATH};
 
 /// What a watch descriptor watches.
 #[derive(Clone, Debug)]
@@ -40,8 +43,8 @@ enum Root {
 
 pub struct TreeWatcher {
     inotify: Inotify,
+    paths: NodePaths,
     layout: KubeletLayout,
-    sysfs: std::path::PathBuf,
     watched: HashMap<WatchDescriptor, Watched>,
     root: Root,
     clock: Arc<SeqClock>,
@@ -52,8 +55,8 @@ impl TreeWatcher {
     pub fn open(paths: &NodePaths, clock: Arc<SeqClock>) -> io::Result<Self> {
         Ok(TreeWatcher {
             inotify: Inotify::init()?,
+            paths: paths.clone(),
             layout: paths.layout(),
-            sysfs: paths.sysfs.clone(),
             watched: HashMap::new(),
             root: Root::Waiting { retry_in: Duration::ZERO, said: false },
             clock,
@@ -106,8 +109,7 @@ impl TreeWatcher {
                     tracing::info!(root = %self.layout.root().display(), "kubelet pods directory appeared");
                 }
                 self.root = Root::Watched;
-                self.watch_everything();
-                tx.send(Message::Rescan(RescanReason::WatchesReady))?;
+                self.walk(RescanReason::WatchesReady, tx)?;
             }
             Err(e) => {
                 if !said {
@@ -120,58 +122,18 @@ impl TreeWatcher {
         Ok(())
     }
 
-    fn watch_everything(&mut self) {
-        match self.layout.list_pods() {
-            Ok((pods, _)) => {
-                for uid in pods {
-                    self.watch_pod(&uid);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list pods to watch"),
-        }
-    }
-
-    /// Adds the watches for one pod, top down, each before its directory is looked into.
-    fn watch_pod(&mut self, uid: &str) {
-        let mut dir = self.layout.pod_dir(uid);
-        if !self.watch(&dir, uid) {
-            return;
-        }
-        for component in HOTPLUG_SUBPATH {
-            dir.push(component);
-            if !self.watch(&dir, uid) {
-                return;
-            }
-        }
-        // Volume directories inside hotplug-disks: an attachment pod's `<volume>/<pvcUID>`.
-        // As many as the reader reads (a tenant's emptyDir may hold any number): watches
-        // come out of the node's inotify quota.
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for entry in entries.take(MAX_ENTRIES).flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                self.watch(&entry.path(), uid);
-            }
-        }
-    }
-
-    fn watch(&mut self, path: &Path, uid: &str) -> bool {
-        match self.inotify.watches().add(path, mask()) {
-            Ok(wd) => {
-                self.watched.insert(wd, Watched::PodDir(uid.into()));
-                true
-            }
-            // Absent is normal (not a hotplug pod, or it went away); a symlink or a file
-            // gives ENOTDIR because of DONT_FOLLOW|ONLYDIR; the scan reports those.
-            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ENOTDIR)) => false,
-            Err(e) => {
-                // ENOSPC: out of watches (fs.inotify.max_user_watches). Periodic rescans
-                // still see the pod; say so, do not stop.
-                tracing::warn!(path = %path.display(), error = %e, "cannot watch directory; relying on periodic rescans for it");
-                false
-            }
-        }
+    /// Watches every pod and reads each right after, with the devices and the mount table:
+    /// a full read for the engine. Its `seq` is taken before the first watch; the engine
+    /// applies it as its own rescan.
+    fn walk(&mut self, reason: RescanReason, tx: &Sender) -> Result<(), Stop> {
+        let started = Instant::now();
+        let seq = self.clock.next();
+        // The two threads of the read place watches alike.
+        let (mut mine, mut theirs) = (self.watches(), self.watches());
+        let read = read_node_with(&self.paths, seq, [&mut mine, &mut theirs]);
+        self.watched.extend(mine.watched.into_iter().chain(theirs.watched));
+        tx.send(Message::Scanned { reason, read: Box::new(read), started })?;
+        Ok(())
     }
 
     /// Reads the events queued; each pod they touch is read again whole.
@@ -219,25 +181,80 @@ impl TreeWatcher {
         }
         if overflow {
             tracing::warn!("inotify queue overflowed; events were lost, re-watching and rescanning");
-            self.watch_everything();
-            tx.send(Message::Rescan(RescanReason::InotifyOverflow))?;
-            return Ok(());
+            return self.walk(RescanReason::InotifyOverflow, tx);
         }
         for uid in dirty {
             let received = Instant::now();
-            self.watch_pod(&uid);
             let seq = self.clock.next();
-            let scan = self.layout.scan_pod(&uid);
-            let mut obs = sysfs::observe_devices(&self.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
+            let mut watches = self.watches();
+            let scan = self.layout.scan_pod_with(&uid, &mut watches);
+            self.watched.extend(watches.watched);
+            let mut obs = sysfs::observe_devices(&self.paths.sysfs, seq, scan.disks.iter().flat_map(PodDisks::devices));
             obs.push(Observation::Pod { seq, uid: scan.uid, disks: scan.disks, unreadable: scan.unreadable });
             tx.send(Message::Observed { obs, source: SourceKind::Inotify, received, skipped: scan.skipped })?;
         }
         Ok(())
     }
 
+    /// Places watches as a read asks, to be added to `watched` after it.
+    fn watches(&self) -> Watches<'_> {
+        Watches { inotify: self.inotify.watches(), watched: HashMap::new(), layout: &self.layout }
+    }
+
     fn forget_all_watches(&mut self) {
         for (wd, _) in self.watched.drain() {
             let _ = self.inotify.watches().remove(wd);
+        }
+    }
+}
+
+/// Places the watches a pod read asks for ([`BeforeReading`]): the pod directory and those
+/// down to hotplug-disks, top down, then each volume directory in it. Threads of one read
+/// each have their own; what they placed joins the watcher's map after the read.
+struct Watches<'a> {
+    inotify: inotify::Watches,
+    watched: HashMap<WatchDescriptor, Watched>,
+    layout: &'a KubeletLayout,
+}
+
+impl BeforeReading for Watches<'_> {
+    fn pod(&mut self, uid: &str) {
+        let mut dir = self.layout.pod_dir(uid);
+        if !self.watch(&dir, uid) {
+            return;
+        }
+        for component in HOTPLUG_SUBPATH {
+            dir.push(component);
+            if !self.watch(&dir, uid) {
+                return;
+            }
+        }
+    }
+
+    /// An attachment pod's `<volume>/`, holding the PVC's node. The reader reads at most
+    /// `MAX_ENTRIES` entries of hotplug-disks (a tenant's emptyDir may hold any number):
+    /// watches come out of the node's inotify quota.
+    fn volume_dir(&mut self, uid: &str, path: &Path) {
+        self.watch(path, uid);
+    }
+}
+
+impl Watches<'_> {
+    fn watch(&mut self, path: &Path, uid: &str) -> bool {
+        match self.inotify.add(path, mask()) {
+            Ok(wd) => {
+                self.watched.insert(wd, Watched::PodDir(uid.into()));
+                true
+            }
+            // Absent is normal (not a hotplug pod, or it went away); a symlink or a file
+            // gives ENOTDIR because of DONT_FOLLOW|ONLYDIR; the scan reports those.
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ENOTDIR)) => false,
+            Err(e) => {
+                // ENOSPC: out of watches (fs.inotify.max_user_watches). Periodic rescans
+                // still see the pod; say so, do not stop.
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch directory; relying on periodic rescans for it");
+                false
+            }
         }
     }
 }

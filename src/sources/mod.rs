@@ -17,12 +17,12 @@ pub use channel::{Receiver, Sender};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::device::DevNum;
 use crate::inventory::{FullScan, Observation, Seq};
-use crate::layout::{KubeletLayout, LayoutError, PodDisks, PodUid, Skipped, Unreadable};
+use crate::layout::{BeforeReading, KubeletLayout, LayoutError, Skipped};
 
 /// Where the agent reads the node from. Every path is configurable so that tests run on
 /// a temp tree and a container can mount the host's paths anywhere.
@@ -122,6 +122,13 @@ pub enum Message {
         skipped: Vec<Skipped>,
     },
     Rescan(RescanReason),
+    /// A full read a source made (the inotify walk: it reads each pod as it watches it),
+    /// applied as the engine's own rescan would be.
+    Scanned {
+        reason: RescanReason,
+        read: Box<Result<NodeRead, ReadError>>,
+        started: Instant,
+    },
     /// The kernel logged a block-layer error on this device.
     IoError {
         device: DevNum,
@@ -144,8 +151,8 @@ pub struct NodeRead {
     pub took: ReadTook,
 }
 
-/// The wall-clock time of each part of a [`NodeRead`]; the pods and the devices are read at
-/// the same time.
+/// The wall-clock time of each part of a [`NodeRead`]: from the start to the last pod
+/// read, the devices (read meanwhile), then the mount table.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReadTook {
     pub pods: Duration,
@@ -163,11 +170,38 @@ pub enum ReadError {
     Mountinfo { path: PathBuf, source: std::io::Error },
 }
 
-/// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table. The
-/// block devices and their identities are read on a second thread meanwhile: on a node of
-/// thousands of volumes each half takes tens of milliseconds, and the first full scan is
-/// what start-up waits for. Both begin after `seq` was taken, so their order does not matter.
+/// Reads the whole node: every pod directory, `/sys/dev/block` and the mount table, all
+/// after `seq` was taken, so the order of the reads does not matter. The first full read
+/// is what start-up waits for, and on a node of thousands of volumes the pods and the
+/// devices take tens of milliseconds each: two threads share the work (see
+/// [`read_node_with`]).
 pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
+    read_node_with(paths, seq, [&mut (), &mut ()])
+}
+
+/// [`read_node`], telling `before` about each pod directory before it is read: the inotify
+/// walk places its watches there, so that the tree is walked once, not once to watch and
+/// once more to read. This thread reads pods (telling `before[0]`); a second one reads the
+/// block devices and their identities, then takes its share of the pods that are left
+/// (telling `before[1]`). Pods are handed out one at a time, so neither thread idles while
+/// the other has work.
+pub fn read_node_with<B: BeforeReading + Send>(
+    paths: &NodePaths,
+    seq: Seq,
+    before: [&mut B; 2],
+) -> Result<NodeRead, ReadError> {
+    let started = Instant::now();
+    let layout = paths.layout();
+    let (uids, mut skipped) = layout.list_pods()?;
+    let reader = layout.pod_reader();
+    let next = AtomicUsize::new(0);
+    let read_pods = |before: &mut B| {
+        let mut scans = Vec::new();
+        while let Some(uid) = uids.get(next.fetch_add(1, Ordering::Relaxed)) {
+            scans.push(reader.read(uid, before));
+        }
+        (scans, started.elapsed())
+    };
     let sysfs = &paths.sysfs;
     let read_devices = || {
         let started = Instant::now();
@@ -176,37 +210,29 @@ pub fn read_node(paths: &NodePaths, seq: Seq) -> Result<NodeRead, ReadError> {
         let identities = sysfs::identities(sysfs, devices.iter().copied());
         Ok::<_, ReadError>((devices, identities, started.elapsed()))
     };
-    let (pods, devices) = std::thread::scope(|s| {
-        // Without a thread (none to be had), one after the other.
-        let devices = std::thread::Builder::new().name("scan-devices".into()).spawn_scoped(s, read_devices);
-        let started = Instant::now();
-        let pods = read_pods(&paths.layout()).map(|pods| (pods, started.elapsed()));
-        let devices = match devices {
-            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+    let [mine, theirs] = before;
+    let (mut scans, pods_took, devices) = std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("scan-devices".into())
+            .spawn_scoped(s, || (read_devices(), read_pods(theirs)));
+        let (mut scans, mut pods_took) = read_pods(mine);
+        let devices = match helper {
+            Ok(handle) => {
+                let (devices, (more, took)) = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                scans.extend(more);
+                pods_took = pods_took.max(took);
+                devices
+            }
+            // Without a thread (none to be had), one after the other.
             Err(_) => read_devices(),
         };
-        (pods, devices)
+        (scans, pods_took, devices)
     });
-    let ((pods, unreadable, skipped), pods_took) = pods?;
     let (devices, identities, devices_took) = devices?;
-    let started = Instant::now();
-    let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
-        .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
-    Ok(NodeRead {
-        scan: FullScan { seq, pods, unreadable, devices, identities, mounts },
-        skipped,
-        malformed_mount_lines,
-        took: ReadTook { pods: pods_took, devices: devices_took, mounts: started.elapsed() },
-    })
-}
-
-type PodReads = (BTreeMap<PodUid, PodDisks>, BTreeMap<PodUid, (Option<PodDisks>, Unreadable)>, Vec<Skipped>);
-
-/// Every pod directory: the readable ones, the unreadable ones, and the entries skipped.
-fn read_pods(layout: &KubeletLayout) -> Result<PodReads, ReadError> {
-    let (uids, mut skipped) = layout.list_pods()?;
+    // In the order of the listing, whichever thread read them.
+    scans.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
     let (mut pods, mut unreadable) = (BTreeMap::new(), BTreeMap::new());
-    for mut pod in layout.scan_pods(&uids) {
+    for mut pod in scans {
         skipped.append(&mut pod.skipped);
         match (pod.disks, pod.unreadable) {
             (disks, Some(errno)) => {
@@ -218,5 +244,13 @@ fn read_pods(layout: &KubeletLayout) -> Result<PodReads, ReadError> {
             (None, None) => {}
         }
     }
-    Ok((pods, unreadable, skipped))
+    let mounts_started = Instant::now();
+    let (mounts, malformed_mount_lines) = mounts::read_mounts(&paths.mountinfo, &paths.mountinfo_kubelet_root)
+        .map_err(|source| ReadError::Mountinfo { path: paths.mountinfo.clone(), source })?;
+    Ok(NodeRead {
+        scan: FullScan { seq, pods, unreadable, devices, identities, mounts },
+        skipped,
+        malformed_mount_lines,
+        took: ReadTook { pods: pods_took, devices: devices_took, mounts: mounts_started.elapsed() },
+    })
 }
