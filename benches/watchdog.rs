@@ -78,6 +78,8 @@ struct Options {
     baseline_window: Duration,
     storm_size: usize,
     storm_events: usize,
+    /// Start-ups again on the warm node, per binary, after the agent phases.
+    restarts: usize,
 }
 
 impl Options {
@@ -92,6 +94,7 @@ impl Options {
             baseline_window: Duration::from_secs(90),
             storm_size: 1000,
             storm_events: 10_000,
+            restarts: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -107,6 +110,7 @@ impl Options {
                 "--baseline-window" => o.baseline_window = Duration::from_secs(num(value()) as u64),
                 "--storm-size" => o.storm_size = num(value()),
                 "--storm-events" => o.storm_events = num(value()),
+                "--restarts" => o.restarts = num(value()),
                 // cargo bench passes --bench.
                 "--bench" => {}
                 _ => usage(&format!("unknown argument {a}")),
@@ -119,7 +123,7 @@ impl Options {
 fn usage(why: &str) -> ! {
     eprintln!(
         "{why}\nusage: watchdog [--runs N] [--sizes 100,1000,5000] [--removals 200] [--idle SECONDS] \
-         [--baseline-window SECONDS] [--storm-size N (0: none)] [--storm-events N] [--before OLDER-AGENT-BINARY] \
+         [--baseline-window SECONDS] [--storm-size N (0: none)] [--storm-events N] [--restarts N] [--before OLDER-AGENT-BINARY] \
          [--npd NODE-PROBLEM-DETECTOR (default $HOTPLUG_WATCHDOG_NPD)]"
     );
     std::process::exit(2)
@@ -300,6 +304,76 @@ async fn create_objects(cp: &ControlPlane, ns: &str, node: &str, n_vms: usize) -
 
 // ------------------------------------------------------------------ the agent
 
+/// Asks `/readyz` over one kept-alive connection, as often as start-up is polled (every
+/// 2 ms): a new connection per poll costs the agent an accept and a wake-up each, CPU
+/// that its start-up would share the machine's two cores with.
+struct ReadyProbe {
+    port: u16,
+    conn: Option<BufReader<std::net::TcpStream>>,
+}
+
+impl ReadyProbe {
+    /// Whether `/readyz` answers 200; `false` also while the agent does not listen yet.
+    fn ready(&mut self) -> bool {
+        let answer = self.ask();
+        if answer.is_none() {
+            self.conn = None;
+        }
+        answer == Some(200)
+    }
+
+    fn ask(&mut self) -> Option<u16> {
+        if self.conn.is_none() {
+            let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            self.conn = Some(BufReader::new(stream));
+        }
+        let conn = self.conn.as_mut()?;
+        write!(conn.get_mut(), "GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let (mut status, mut length, mut line) = (None, 0usize, String::new());
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = l.split_whitespace().nth(1)?.parse().ok();
+            } else if let Some((name, value)) = l.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(conn, &mut body).ok()?;
+        status
+    }
+}
+
+/// A start-up: spawn to `/readyz` answering 200, and the CPU time spent meanwhile by the
+/// agent and by etcd and the API server (on a machine of few cores they compete).
+struct Startup {
+    took: Duration,
+    agent_cpu: Duration,
+    control_plane_cpu: Duration,
+}
+
+impl Startup {
+    fn put(&self, figs: &mut Figures, prefix: &str, col: &str) {
+        figs.put(&format!("{prefix}to /readyz (ms)"), col, self.took.as_secs_f64() * 1e3);
+        figs.put(&format!("{prefix}agent CPU to ready (ms)"), col, self.agent_cpu.as_secs_f64() * 1e3);
+        figs.put(
+            &format!("{prefix}etcd + API server CPU meanwhile (ms)"),
+            col,
+            self.control_plane_cpu.as_secs_f64() * 1e3,
+        );
+    }
+}
+
 struct AgentProcess {
     child: Child,
     port: u16,
@@ -309,7 +383,9 @@ struct AgentProcess {
 impl AgentProcess {
     /// Cluster mode with default flags (logs at info, as deployed); returns it once
     /// `/readyz` answers 200, with the time that took from spawn.
-    fn start(cp: &ControlPlane, node: &Node, binary: &Path) -> (Self, Duration) {
+    fn start(cp: &ControlPlane, node: &Node, binary: &Path) -> (Self, Startup) {
+        let control_plane_cpu = || cp.pids().into_iter().map(|pid| process_usage(pid).cpu).sum::<Duration>();
+        let control_plane_before = control_plane_cpu();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let started = Instant::now();
@@ -326,7 +402,8 @@ impl AgentProcess {
             .spawn()
             .expect("start the agent");
         let mut agent = AgentProcess { child, port, _log: log };
-        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+        let mut probe = ReadyProbe { port, conn: None };
+        while !probe.ready() {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("agent exited: {status}; log:\n{}", fs::read_to_string(agent._log.path()).unwrap_or_default());
             }
@@ -334,7 +411,23 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(2));
         }
         let took = started.elapsed();
-        (agent, took)
+        // With HOTPLUG_WATCHDOG_BENCH_LOGS, each thread's CPU time at ready, to see where
+        // a start-up's time went.
+        if let Some(dir) = std::env::var_os("HOTPLUG_WATCHDOG_BENCH_LOGS") {
+            let mut threads = String::new();
+            for task in fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten() {
+                let read = |f: &str| fs::read_to_string(task.path().join(f)).unwrap_or_default();
+                let ns: u64 = read("schedstat").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                threads += &format!("{:>8.1} ms  {}\n", ns as f64 / 1e6, read("comm").trim());
+            }
+            let _ = fs::write(Path::new(&dir).join(format!("agent-{}.threads", agent.pid())), threads);
+        }
+        let startup = Startup {
+            took,
+            agent_cpu: agent.usage().cpu,
+            control_plane_cpu: control_plane_cpu() - control_plane_before,
+        };
+        (agent, startup)
     }
 
     fn pid(&self) -> u32 {
@@ -347,18 +440,7 @@ impl AgentProcess {
 
     /// CPU time and context switches of every thread, from /proc.
     fn usage(&self) -> Usage {
-        let mut u = Usage::default();
-        for task in fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap().flatten() {
-            let p = task.path();
-            if let Ok(s) = fs::read_to_string(p.join("schedstat")) {
-                u.cpu += Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap());
-            }
-            if let Ok(s) = fs::read_to_string(p.join("status")) {
-                u.switches +=
-                    status_field(&s, "voluntary_ctxt_switches:") + status_field(&s, "nonvoluntary_ctxt_switches:");
-            }
-        }
-        u
+        process_usage(self.pid())
     }
 
     /// A field of /proc/<pid>/status in MiB: VmHWM (peak RSS), RssAnon (heap and stacks),
@@ -381,6 +463,22 @@ impl AgentProcess {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
+}
+
+/// CPU time and context switches of every thread of a process, from /proc.
+fn process_usage(pid: u32) -> Usage {
+    let mut u = Usage::default();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let p = task.path();
+        if let Ok(s) = fs::read_to_string(p.join("schedstat")) {
+            u.cpu += Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if let Ok(s) = fs::read_to_string(p.join("status")) {
+            u.switches +=
+                status_field(&s, "voluntary_ctxt_switches:") + status_field(&s, "nonvoluntary_ctxt_switches:");
+        }
+    }
+    u
 }
 
 #[derive(Clone, Copy, Default)]
@@ -619,6 +717,7 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
         eprintln!("[{tag}] agent {}", b.path.display());
         agent_phases(cp, o, &format!("{tag}{}", b.suffix.replace(' ', "-")), &b.path, &col, &mut node, figs);
     }
+    restarts(cp, o, run, &tag, &node, figs);
 
     // 5. The baseline.
     baseline(&mut node, o, &tag, &size.to_string(), figs);
@@ -631,6 +730,36 @@ fn bench_size(cp: &ControlPlane, o: &Options, run: usize, size: usize, figs: &mu
         }
     }
     node.remove_all_devices();
+}
+
+/// 1b. Start-up again, `--restarts` times per binary, alternating, on a node whose sysfs
+/// every binary has read by now: the first start-up on a fresh node also pays for the
+/// kernel's sysfs entries of every device (in the logs, its device read takes twice as
+/// long), and only one binary can be first. The median and the worst of them.
+fn restarts(cp: &ControlPlane, o: &Options, run: usize, tag: &str, node: &Node, figs: &mut Figures) {
+    let mut starts: BTreeMap<String, Vec<Startup>> = BTreeMap::new();
+    for k in 0..o.restarts {
+        for b in binaries(o, run + k) {
+            clear_conditions(cp, node);
+            let (agent, startup) = AgentProcess::start(cp, node, &b.path);
+            settle_api(&agent);
+            agent.stop();
+            starts.entry(format!("{}{}", node.volumes.len(), b.suffix)).or_default().push(startup);
+        }
+    }
+    for (col, v) in starts {
+        let ms = |f: fn(&Startup) -> Duration| v.iter().map(|s| f(s).as_secs_f64() * 1e3).collect::<Vec<f64>>();
+        eprintln!("[{tag}] restarts, column {col:?}: {:.1?} ms", ms(|s| s.took));
+        let [p50, _, max] = summary(ms(|s| s.took));
+        figs.put("start-up again, warm: to /readyz, median (ms)", &col, p50);
+        figs.put("start-up again, warm: to /readyz, worst (ms)", &col, max);
+        figs.put("start-up again, warm: agent CPU to ready, median (ms)", &col, summary(ms(|s| s.agent_cpu))[0]);
+        figs.put(
+            "start-up again, warm: etcd + API server CPU meanwhile, median (ms)",
+            &col,
+            summary(ms(|s| s.control_plane_cpu))[0],
+        );
+    }
 }
 
 /// Removes every attachment pod's conditions, so that each agent binary starts from the
@@ -647,6 +776,21 @@ fn clear_conditions(cp: &ControlPlane, node: &Node) {
                 r.expect("clear an attachment pod's conditions");
             }),
     );
+    control_plane_quiet(cp);
+}
+
+/// Waits until etcd and the API server are done with what came before (the writes above
+/// are answered before the API server's watch cache and etcd are through with them):
+/// CPU under 5 ms in each of two 100 ms windows in a row, or 5 s. The agent started next
+/// then meets only its own load.
+fn control_plane_quiet(cp: &ControlPlane) {
+    let cpu = || cp.pids().into_iter().map(|pid| process_usage(pid).cpu).sum::<Duration>();
+    let (deadline, mut quiet) = (Instant::now() + Duration::from_secs(5), 0);
+    while quiet < 2 && Instant::now() < deadline {
+        let before = cpu();
+        std::thread::sleep(Duration::from_millis(100));
+        quiet = if cpu() - before < Duration::from_millis(5) { quiet + 1 } else { 0 };
+    }
 }
 
 /// Start-up, idle, detection and footprint of one agent binary on the node, in column `col`.
@@ -662,7 +806,8 @@ fn agent_phases(
     let col = col.to_string();
     // 1. Start-up.
     let (agent, startup) = AgentProcess::start(cp, node, binary);
-    figs.put("start-up to /readyz (ms)", &col, startup.as_secs_f64() * 1e3);
+    startup.put(figs, "start-up: ", &col);
+    let startup = startup.took;
     let (requests, _) = api_requests(&agent);
     settle_api(&agent);
     let (settled, _) = api_requests(&agent);

@@ -126,6 +126,12 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// The process IDs of etcd and the API server (the benchmark reads their CPU time).
+    #[allow(dead_code)]
+    pub fn pids(&self) -> Vec<u32> {
+        self.etcd.iter().chain(&self.apiserver).map(Child::id).collect()
+    }
+
     pub fn start() -> Self {
         Self::start_with(false)
     }
