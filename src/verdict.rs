@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use imbl::{OrdMap, OrdSet};
 
 use crate::inventory::{merge_join, Changes, Inventory, PodFact};
-use crate::model::{ClusterFacts, DevNum, DiskId, Finished, LauncherEntry, PodDisks, PodUid};
 pub use crate::model::{ConditionStatus, HandoffReason, VolumeKey, VolumeMode, VolumeState};
+use crate::model::{DevNum, DiskId, Finished, LauncherEntry, PodDisks, PodUid};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeVerdict {
@@ -203,70 +203,12 @@ pub fn judge(inv: &Inventory) -> Verdicts {
 
 /// Judges every pod; `prev` hands over what earlier verdicts learned (each volume's disk).
 pub fn judge_all(inv: &Inventory, prev: &Verdicts) -> Verdicts {
-    let judged = match inv.cluster() {
-        Some(api) => judge_groups(inv, api, prev),
-        None => judge_pods(inv, inv.pod_facts(), prev),
-    };
-    verdicts_of(inv, judged)
-}
-
-/// [`judge_all`] in one pass over every pod, as standalone mode judges: what the property
-/// test holds cluster mode's judging by groups equal to.
-#[cfg(test)]
-fn judge_at_once(inv: &Inventory, prev: &Verdicts) -> Verdicts {
-    verdicts_of(inv, judge_pods(inv, inv.pod_facts(), prev))
-}
-
-fn verdicts_of(inv: &Inventory, judged: Judged) -> Verdicts {
+    let judged = judge_pods(inv, inv.pod_facts(), prev);
     let mut v =
         Verdicts { roles_from_api: inv.cluster().is_some(), full_scan: inv.has_full_scan(), ..Default::default() };
     v.unconfirmed = judged.unconfirmed.iter().cloned().collect();
     v.insert(judged);
     v
-}
-
-/// From this many pods with a hotplug directory on, cluster mode judges the whole node on
-/// two threads.
-const TWO_THREADS_FROM: usize = 100;
-
-/// Cluster mode judges the whole node group by group: the API partitions it into groups,
-/// a launcher and the attachment pods it owns, each of which depends on nothing else (see
-/// [`rejudge`]). Half the groups go to a second thread on a big node: start-up waits for
-/// the first whole judgment, about 10 ms of CPU at 5,000 volumes.
-fn judge_groups(inv: &Inventory, api: &ClusterFacts, prev: &Verdicts) -> Judged {
-    let mut halves: [Vec<(&PodUid, &PodFact)>; 2] = Default::default();
-    let mut half_of: BTreeMap<&PodUid, usize> = BTreeMap::new();
-    for (uid, fact) in inv.pod_facts() {
-        let group =
-            if api.launchers.contains_key(uid) { Some(uid) } else { api.attachment_pods.get(uid).map(|a| &a.launcher) };
-        // A pod the API does not confirm is in no group: it only joins `unconfirmed`.
-        let half = group.map_or(0, |g| {
-            let next = half_of.len() % 2;
-            *half_of.entry(g).or_insert(next)
-        });
-        halves[half].push((uid, fact));
-    }
-    let [first, second] = halves;
-    let big = first.len() + second.len() >= TWO_THREADS_FROM;
-    let (mut judged, other) = std::thread::scope(|s| {
-        let helper = big
-            .then(|| {
-                let second = second.iter().copied();
-                std::thread::Builder::new().name("judge".into()).spawn_scoped(s, || judge_pods(inv, second, prev)).ok()
-            })
-            .flatten();
-        let judged = judge_pods(inv, first.iter().copied(), prev);
-        let other = match helper {
-            Some(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // A small node, or no thread to be had: one after the other.
-            None => judge_pods(inv, second.iter().copied(), prev),
-        };
-        (judged, other)
-    });
-    judged.volumes.extend(other.volumes);
-    judged.attachment_pods.extend(other.attachment_pods);
-    judged.unconfirmed.extend(other.unconfirmed);
-    judged
 }
 
 /// What judging some pods concluded.
