@@ -19,10 +19,9 @@
 //!
 //! **The bound**: at most `capacity` slots, one per subject read and one per device with
 //! I/O errors, plus one rescan request, one full read, one cluster view and one count of
-//! lost records. A
-//! read of a new subject that finds every slot taken is dropped and a full rescan
-//! (`RescanReason::QueueOverflow`) is requested in its place: whatever a read says, a
-//! rescan reads again. I/O errors on a new device are dropped then too, and said in the
+//! lost records. A read of a new subject that finds every slot taken is dropped and a full
+//! rescan (`RescanReason::QueueOverflow`) is requested in its place: whatever a read says,
+//! a rescan reads again. I/O errors on a new device are dropped then too, and said in the
 //! log: the kernel log cannot be read again.
 //!
 //! **Ordering**: a message sent before the receiver takes a batch is in that batch or an
@@ -119,7 +118,7 @@ struct Queued {
 struct Scanned {
     reason: RescanReason,
     read: Box<Result<NodeRead, ReadError>>,
-    started: std::time::Instant,
+    started: Instant,
 }
 
 #[derive(Debug)]
