@@ -15,7 +15,10 @@
 //!
 //! Per size (hotplug volumes on the node), in order:
 //! 1. start-up: the agent's spawn to `/readyz` answering 200 (first full scan, watches in
-//!    sync); then the API requests it made to settle (conditions on every attachment pod);
+//!    sync), polled over one kept-alive connection once etcd and the API server are quiet,
+//!    and the CPU time the agent and they spent until then; then the API requests it made
+//!    to settle (conditions on every attachment pod). With `--restarts N`, after phase 4
+//!    each binary starts N more times on the warm node (see `restarts`);
 //! 2. idle: CPU time and context switches of all its threads, and its API requests, over
 //!    the idle window (default 60 s) with nothing happening;
 //! 3. detection: removals one after another; each is timed from `LOOP_CTL_REMOVE` returning
