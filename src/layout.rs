@@ -211,18 +211,7 @@ impl KubeletLayout {
 
     /// Reads one pod's hotplug-disks directory, telling `before` first.
     pub fn scan_pod_with(&self, uid: &str, before: &mut dyn BeforeReading) -> PodScan {
-        self.scan_pods_with(std::slice::from_ref(&PodUid::from(uid)), before).pop().expect("one pod read")
-    }
-
-    /// Reads each pod's hotplug-disks directory, opening the root once.
-    pub fn scan_pods(&self, uids: &[PodUid]) -> Vec<PodScan> {
-        self.scan_pods_with(uids, &mut ())
-    }
-
-    /// [`Self::scan_pods`], telling `before` about each directory before it is opened.
-    pub fn scan_pods_with(&self, uids: &[PodUid], before: &mut dyn BeforeReading) -> Vec<PodScan> {
-        let reader = self.pod_reader();
-        uids.iter().map(|uid| reader.read(uid, before)).collect()
+        self.pod_reader().read(&PodUid::from(uid), before)
     }
 
     /// Reads pods one at a time with the root opened once; shared by the threads of a
@@ -606,7 +595,8 @@ mod tests {
         symlink(tmp.path().join("elsewhere"), layout.hotplug_dir("a").join("link")).unwrap();
         fs::create_dir_all(layout.pod_dir("b")).unwrap();
         let mut meddler = Meddler { layout: layout.clone(), asked: Vec::new() };
-        let scans = layout.scan_pods_with(&["a".into(), "b".into()], &mut meddler);
+        let reader = layout.pod_reader();
+        let scans = [reader.read(&"a".into(), &mut meddler), reader.read(&"b".into(), &mut meddler)];
         // Pod b had no hotplug-disks when the read began: told first, the read saw what
         // was made then. A symlink is no volume directory: not asked about, not followed.
         assert_eq!(meddler.asked, ["pod a", "volume dir a util", "pod b"]);
