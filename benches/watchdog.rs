@@ -393,8 +393,7 @@ impl AgentProcess {
     /// Cluster mode with default flags (logs at info, as deployed); returns it once
     /// `/readyz` answers 200, with the time that took from spawn.
     fn start(cp: &ControlPlane, node: &Node, binary: &Path) -> (Self, Startup) {
-        let control_plane_cpu = || cp.pids().into_iter().map(|pid| process_usage(pid).cpu).sum::<Duration>();
-        let control_plane_before = control_plane_cpu();
+        let control_plane_before = control_plane_cpu(cp);
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let started = Instant::now();
@@ -434,7 +433,7 @@ impl AgentProcess {
         let startup = Startup {
             took,
             agent_cpu: agent.usage().cpu,
-            control_plane_cpu: control_plane_cpu() - control_plane_before,
+            control_plane_cpu: control_plane_cpu(cp) - control_plane_before,
         };
         (agent, startup)
     }
@@ -797,13 +796,17 @@ fn clear_conditions(cp: &ControlPlane, node: &Node) {
 /// CPU under 5 ms in each of two 100 ms windows in a row, or 5 s. The agent started next
 /// then meets only its own load.
 fn control_plane_quiet(cp: &ControlPlane) {
-    let cpu = || cp.pids().into_iter().map(|pid| process_usage(pid).cpu).sum::<Duration>();
     let (deadline, mut quiet) = (Instant::now() + Duration::from_secs(5), 0);
     while quiet < 2 && Instant::now() < deadline {
-        let before = cpu();
+        let before = control_plane_cpu(cp);
         std::thread::sleep(Duration::from_millis(100));
-        quiet = if cpu() - before < Duration::from_millis(5) { quiet + 1 } else { 0 };
+        quiet = if control_plane_cpu(cp) - before < Duration::from_millis(5) { quiet + 1 } else { 0 };
     }
+}
+
+/// The CPU time etcd and the API server have used so far.
+fn control_plane_cpu(cp: &ControlPlane) -> Duration {
+    cp.pids().into_iter().map(|pid| process_usage(pid).cpu).sum()
 }
 
 /// Start-up, idle, detection and footprint of one agent binary on the node, in column `col`.
