@@ -104,7 +104,7 @@ pub fn notices(
         out.push(Notice { kind, launcher: k.launcher.clone(), message });
     }
     // Only pods whose verdict changed can have become unsafe.
-    let is_unsafe = |v: &Verdicts, pod: &PodUid| v.attachment_pods.get(pod).is_some_and(handoff_unsafe);
+    let is_unsafe = |v: &Verdicts, pod: &PodUid| v.attachment_pods.get(pod).is_some_and(|a| handoff_unsafe(a));
     for pod in changes.attachment_pods.iter().filter(|p| is_unsafe(new, p) && !is_unsafe(old, p)) {
         let a = &new.attachment_pods[pod];
         let orphans = a.orphans(new);

@@ -19,6 +19,7 @@
 //! come from the API only: a directory the API does not confirm decides nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
@@ -97,8 +98,11 @@ impl AttachmentVerdict {
 /// re-judging one VM cost the same at 10 volumes and at 10,000.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdicts {
-    pub volumes: OrdMap<VolumeKey, VolumeVerdict>,
-    pub attachment_pods: OrdMap<PodUid, AttachmentVerdict>,
+    /// Each verdict shared (`Arc`): a batch that changes one entry copies the map's node
+    /// around it, and a copied node then clones pointers, not every verdict in it (an
+    /// attachment pod's verdict holds three collections).
+    pub volumes: OrdMap<VolumeKey, Arc<VolumeVerdict>>,
+    pub attachment_pods: OrdMap<PodUid, Arc<AttachmentVerdict>>,
     /// Cluster mode: pod directories with a hotplug-disks directory whose UID the API does
     /// not confirm as a launcher or attachment pod on this node. They decide nothing.
     pub unconfirmed: OrdSet<PodUid>,
@@ -214,8 +218,8 @@ pub fn judge_all(inv: &Inventory, prev: &Verdicts) -> Verdicts {
 /// What judging some pods concluded.
 #[derive(Default)]
 struct Judged {
-    volumes: BTreeMap<VolumeKey, VolumeVerdict>,
-    attachment_pods: BTreeMap<PodUid, AttachmentVerdict>,
+    volumes: BTreeMap<VolumeKey, Arc<VolumeVerdict>>,
+    attachment_pods: BTreeMap<PodUid, Arc<AttachmentVerdict>>,
     unconfirmed: BTreeSet<PodUid>,
 }
 
@@ -354,7 +358,7 @@ fn judge_pods<'a>(
     let (roles, unconfirmed) = roles(inv, pods);
     let served = Served::collect(inv, &roles);
     let api = inv.cluster();
-    let mut verdicts = Judged { unconfirmed, ..Default::default() };
+    let mut volumes: BTreeMap<VolumeKey, VolumeVerdict> = BTreeMap::new();
     let launchers: BTreeMap<&PodUid, &BTreeMap<String, LauncherEntry>> = roles
         .iter()
         .filter_map(|(&uid, r)| match r {
@@ -435,14 +439,14 @@ fn judge_pods<'a>(
             if mode == VolumeMode::Filesystem && state == VolumeState::Pending && in_spec != Some(false) {
                 pending_filesystem.insert(uid);
             }
-            verdicts.volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods, in_spec, disk });
+            volumes.insert(key, VolumeVerdict { mode, state, device, backing_pods, in_spec, disk });
         }
     }
 
     // Attachment pod -> the volumes it backs (an index, so that judging stays linear in
     // the size of the node: thousands of volumes are re-judged on every batch).
     let mut backs: BTreeMap<&PodUid, Vec<(&VolumeKey, &VolumeVerdict)>> = BTreeMap::new();
-    for (key, v) in &verdicts.volumes {
+    for (key, v) in &volumes {
         for pod in &v.backing_pods {
             backs.entry(pod).or_default().push((key, v));
         }
@@ -510,10 +514,9 @@ fn judge_pods<'a>(
         attachment_pods
             .insert(pod.clone(), AttachmentVerdict { volumes, launcher, sole_backer_of, superseded, devices, handoff });
     }
-    verdicts.attachment_pods = attachment_pods;
 
     // Volumes an attachment pod serves that its launcher does not show yet.
-    for (pod, att) in &verdicts.attachment_pods {
+    for (pod, att) in &attachment_pods {
         let Some(launcher) = &att.launcher else {
             continue;
         };
@@ -525,8 +528,7 @@ fn judge_pods<'a>(
                 continue;
             }
             let key = VolumeKey { launcher: launcher.clone(), volume: volume.clone() };
-            verdicts
-                .volumes
+            volumes
                 .entry(key)
                 .or_insert_with(|| VolumeVerdict {
                     mode: VolumeMode::Block,
@@ -540,7 +542,11 @@ fn judge_pods<'a>(
                 .insert(pod.clone());
         }
     }
-    verdicts
+    Judged {
+        volumes: volumes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        attachment_pods: attachment_pods.into_iter().map(|(k, a)| (k, Arc::new(a))).collect(),
+        unconfirmed,
+    }
 }
 
 static NO_ENTRIES: BTreeMap<String, LauncherEntry> = BTreeMap::new();
@@ -654,10 +660,10 @@ pub fn transitions(old: &Verdicts, new: &Verdicts) -> Transitions {
 /// in key order, as every map here iterates).
 fn diff_into<'a>(
     out: &mut Transitions,
-    old_volumes: impl Iterator<Item = (&'a VolumeKey, &'a VolumeVerdict)>,
-    new_volumes: impl Iterator<Item = (&'a VolumeKey, &'a VolumeVerdict)>,
-    old_pods: impl Iterator<Item = (&'a PodUid, &'a AttachmentVerdict)>,
-    new_pods: impl Iterator<Item = (&'a PodUid, &'a AttachmentVerdict)>,
+    old_volumes: impl Iterator<Item = (&'a VolumeKey, &'a Arc<VolumeVerdict>)>,
+    new_volumes: impl Iterator<Item = (&'a VolumeKey, &'a Arc<VolumeVerdict>)>,
+    old_pods: impl Iterator<Item = (&'a PodUid, &'a Arc<AttachmentVerdict>)>,
+    new_pods: impl Iterator<Item = (&'a PodUid, &'a Arc<AttachmentVerdict>)>,
 ) {
     for (key, a, b) in merge_join(old_volumes, new_volumes) {
         let (from, to) = (a.map(|v| v.state), b.map(|v| v.state));
