@@ -603,7 +603,7 @@ mod tests {
                 in_spec: Some(i % 3 != 0),
                 disk: None,
             };
-            v.volumes.insert(key, std::sync::Arc::new(verdict));
+            v.volumes.insert(key, Arc::new(verdict));
         }
         for i in 0..601 {
             let pod = AttachmentVerdict {
@@ -614,7 +614,7 @@ mod tests {
                 devices: Default::default(),
                 handoff: if i % 5 == 0 { HandoffReason::NoDeviceInUse } else { HandoffReason::SoleBacker },
             };
-            v.attachment_pods.insert(PodUid::from(format!("a{i}").as_str()), std::sync::Arc::new(pod));
+            v.attachment_pods.insert(PodUid::from(format!("a{i}").as_str()), Arc::new(pod));
         }
         let snapshot = Snapshot { verdicts: Arc::new(v), ..Default::default() };
         let (_tx, snapshots) = tokio::sync::watch::channel(Arc::new(snapshot));
